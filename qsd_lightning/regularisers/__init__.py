@@ -1,0 +1,31 @@
+"""Regularisers: QSD, standard dropout and friends behind one registry.
+
+>>> from qsd_lightning import regularisers
+>>> regularisers.available()[:3]
+['dropout', 'none', 'qsd']
+>>> regularisers.build("qsd", rate=0.5, gamma=4.0, mode="coupled")
+QSD(rate=0.5, gamma=4.0, mode='coupled')
+"""
+
+from . import names  # noqa: F401  (aliases used by the CLI)
+from .base import Regulariser, ReleaseStatistics
+from .functional import MODES, qsd
+from .quantal import QSD, Dropout, NoRegulariser
+from .registry import available, build, get, name_of, register
+from .replace import replace_dropout
+
+__all__ = [
+    "MODES",
+    "QSD",
+    "Dropout",
+    "NoRegulariser",
+    "Regulariser",
+    "ReleaseStatistics",
+    "available",
+    "build",
+    "get",
+    "name_of",
+    "qsd",
+    "register",
+    "replace_dropout",
+]

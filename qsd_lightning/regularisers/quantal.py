@@ -1,0 +1,160 @@
+"""QSD and standard dropout modules (thin wrappers over :mod:`.functional`)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional, Sequence
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from .base import Regulariser
+from .functional import (
+    annealed_gamma,
+    check_gamma,
+    check_mode,
+    draw_quanta,
+    release,
+    unit_and_mask_shapes,
+)
+from .registry import register
+from .types import NonNegative, Precision, Rate
+
+__all__ = ["QSD", "Dropout", "NoRegulariser"]
+
+Mode = Literal["release", "size", "independent", "coupled"]
+
+
+def _dims(dims: Sequence[int] | None) -> tuple[int, ...] | None:
+    return None if dims is None else tuple(int(d) for d in dims)
+
+
+class _MaskedRegulariser(Regulariser):
+    """Shared forward of QSD and dropout: draw per-unit quanta, release per element."""
+
+    def __init__(
+        self, rate: float, unit_dims: Sequence[int] | None = None, locked_dims: Sequence[int] = ()
+    ) -> None:
+        super().__init__(rate)
+        self.unit_dims = _dims(unit_dims)
+        self.locked_dims = _dims(locked_dims) or ()
+
+    def config(self) -> dict[str, Any]:
+        cfg = super().config()
+        if self.unit_dims is not None:
+            cfg["unit_dims"] = self.unit_dims
+        if self.locked_dims:
+            cfg["locked_dims"] = self.locked_dims
+        return cfg
+
+    def current_gamma(self) -> float | None:
+        return None
+
+    def _mode(self) -> str:
+        return "release"
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.rate == 0.0:
+            return x
+        unit_shape, mask_shape = unit_and_mask_shapes(x.shape, self.unit_dims, self.locked_dims)
+        gamma = self.current_gamma()
+        draw = draw_quanta(unit_shape, self.rate, gamma, self._mode(), device=x.device)
+        y, mask = release(x, draw, mask_shape)
+        self._record(draw, mask, gamma)
+        self._after_step()
+        return y
+
+    def _after_step(self) -> None:
+        pass
+
+
+@register("qsd")
+class QSD(_MaskedRegulariser):
+    """Quantal synaptic dilution (docs/method.md).
+
+    Every unit j draws a release probability p_j ~ Beta(gamma k / r, gamma) (mean k = 1 - r)
+    and a quantal size Y_j ~ Gamma(gamma, gamma k) (mean 1/k) at each training step; each
+    element is released with probability p_j and scaled according to ``mode`` so that the
+    expected output equals the input. ``gamma=None`` is standard dropout; ``gamma_step``
+    anneals gamma_t = gamma (1 + gamma_step t) towards dropout, t = training steps taken by
+    this module (kept in the state dict). Identity in eval mode and at rate 0.
+
+    Args:
+        rate: dropout rate r in [0, 1).
+        gamma: precision (> 0): large gamma means little heterogeneity across units.
+        mode: ``release``, ``size``, ``independent`` or ``coupled`` (method.md, table 1).
+        gamma_step: annealing slope (>= 0) per training step.
+        unit_dims: input dims that index units (default: all non-batch, non-locked dims).
+        locked_dims: input dims sharing one mask entry (e.g. ``(2, 3)``: whole conv
+            channels; ``(1,)``: one mask for every time step of a ``[B, T, F]`` sequence).
+    """
+
+    def __init__(
+        self,
+        rate: Rate = 0.5,
+        gamma: Optional[Precision] = 4.0,
+        mode: Mode = "coupled",
+        gamma_step: NonNegative = 0.0,
+        unit_dims: Optional[Sequence[int]] = None,
+        locked_dims: Sequence[int] = (),
+    ) -> None:
+        super().__init__(rate, unit_dims, locked_dims)
+        self.gamma = check_gamma(gamma)
+        self.mode = check_mode(mode)
+        if isinstance(gamma_step, bool) or not isinstance(gamma_step, (int, float)) or not gamma_step >= 0:
+            raise ValueError(f"gamma_step must be a number >= 0, got {gamma_step!r}")
+        self.gamma_step = float(gamma_step)
+        self.steps_taken = 0
+
+    def config(self) -> dict[str, Any]:
+        cfg = super().config()
+        cfg.update(gamma=self.gamma, mode=self.mode)
+        if self.gamma_step:
+            cfg["gamma_step"] = self.gamma_step
+        return {k: cfg[k] for k in ("rate", "gamma", "mode", "gamma_step", "unit_dims", "locked_dims") if k in cfg}
+
+    def current_gamma(self) -> float | None:
+        """gamma_t after ``steps_taken`` training steps (method.md, eq. 5)."""
+        return annealed_gamma(self.gamma, self.gamma_step, self.steps_taken)
+
+    def _mode(self) -> str:
+        return self.mode
+
+    def _after_step(self) -> None:
+        self.steps_taken += 1
+
+    # the annealing counter travels in the state dict, so checkpoints resume it
+    def get_extra_state(self) -> dict[str, int]:
+        return {"steps_taken": self.steps_taken}
+
+    def set_extra_state(self, state: dict[str, int]) -> None:
+        self.steps_taken = int(state["steps_taken"])
+
+
+@register("dropout")
+class Dropout(_MaskedRegulariser):
+    """Standard inverted dropout: y = x * m / k, m ~ Bernoulli(k), k = 1 - rate.
+
+    Elementwise masks use torch's fused ``F.dropout``; ``locked_dims`` shares one mask entry
+    along those dims (spatial / channel dropout of conv maps, locked dropout over time).
+    """
+
+    def __init__(
+        self, rate: Rate = 0.5, unit_dims: Optional[Sequence[int]] = None, locked_dims: Sequence[int] = ()
+    ) -> None:
+        super().__init__(rate, unit_dims, locked_dims)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training and self.rate > 0 and not self.locked_dims and not self.collect_statistics:
+            return F.dropout(x, self.rate, training=True)
+        return super().forward(x)
+
+
+@register("none")
+class NoRegulariser(Regulariser):
+    """The identity: no regularisation at this site (``rate`` is accepted and ignored)."""
+
+    def __init__(self, rate: Rate = 0.0) -> None:
+        super().__init__(rate)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
