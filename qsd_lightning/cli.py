@@ -15,6 +15,7 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from . import data as _data  # noqa: F401  (makes the data modules resolvable by class name)
 from . import regularisers as _regularisers  # noqa: F401  (registry aliases)
 from . import tasks as _tasks  # noqa: F401  (makes the models resolvable by class name)
+from .cli_errors import ConciseArgumentParser
 from .data import CorruptDataError, DataNotFoundError
 
 __all__ = ["QSDLightningCLI", "cli_main", "main"]
@@ -24,7 +25,8 @@ USER_ERRORS = (DataNotFoundError, CorruptDataError, FloatingPointError)
 
 
 class QSDLightningCLI(LightningCLI):
-    """LightningCLI with the project's defaults (subclass mode, injected optimisers)."""
+    """LightningCLI with the project's defaults (subclass mode, injected optimisers) and
+    one-line argument errors."""
 
 
 def cli_main(args: list[str] | None = None, run: bool = True) -> QSDLightningCLI:
@@ -39,6 +41,7 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> QSDLightningCLI
         subclass_mode_model=True,
         subclass_mode_data=True,
         auto_configure_optimizers=False,
+        parser_class=ConciseArgumentParser,
         save_config_kwargs={"overwrite": True},
         args=args,
         run=run,

@@ -8,7 +8,7 @@ QSD(rate=0.5, gamma=4.0, mode='coupled')
 """
 
 from . import names  # noqa: F401  (aliases used by the CLI)
-from .base import Regulariser, ReleaseStatistics
+from .base import Regulariser, ReleaseStatistics, site_factory
 from .functional import MODES, qsd
 from .quantal import QSD, Dropout, NoRegulariser
 from .registry import available, build, get, name_of, register
@@ -28,4 +28,5 @@ __all__ = [
     "qsd",
     "register",
     "replace_dropout",
+    "site_factory",
 ]

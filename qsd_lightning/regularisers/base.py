@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from .functional import QuantalDraw, check_rate
 
-__all__ = ["Regulariser", "ReleaseStatistics"]
+__all__ = ["Regulariser", "ReleaseStatistics", "site_factory"]
 
 
 @dataclass
@@ -78,3 +78,16 @@ class Regulariser(nn.Module):
     def _record(self, draw: QuantalDraw, mask: Tensor, gamma: float | None) -> None:
         if self.collect_statistics:
             self.last_statistics = ReleaseStatistics.from_draw(draw, mask, gamma)
+
+
+def site_factory(template: Regulariser):
+    """Factory ``rate -> module`` building a fresh copy of ``template`` for one site.
+
+    Networks take such factories so that one configured regulariser (from YAML or the
+    command line) can serve every site, each at its own rate.
+    """
+
+    def build(rate: float) -> nn.Module:
+        return template.clone(rate=rate)
+
+    return build

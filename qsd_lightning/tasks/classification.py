@@ -13,19 +13,10 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..models import MLP
-from ..regularisers import Dropout, Regulariser
+from ..regularisers import Dropout, Regulariser, site_factory
 from ..regularisers.types import Rate
 
-__all__ = ["ClassificationTask", "MLPClassifier", "site_factory"]
-
-
-def site_factory(template: Regulariser):
-    """Factory that builds a fresh copy of ``template`` for one site at that site's rate."""
-
-    def build(rate: float) -> nn.Module:
-        return template.clone(rate=rate)
-
-    return build
+__all__ = ["ClassificationTask", "MLPClassifier"]
 
 
 class ClassificationTask(L.LightningModule):
