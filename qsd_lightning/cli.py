@@ -12,6 +12,7 @@ import sys
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch import LightningDataModule, LightningModule
 
+from . import callbacks as _callbacks  # noqa: F401
 from . import data as _data  # noqa: F401  (makes the data modules resolvable by class name)
 from . import regularisers as _regularisers  # noqa: F401  (registry aliases)
 from . import tasks as _tasks  # noqa: F401  (makes the models resolvable by class name)

@@ -21,6 +21,12 @@ CONFIGS = REPO / "configs"
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+@pytest.fixture(autouse=True)
+def _plain_argv(monkeypatch):
+    """LightningCLI warns when both ``args`` and pytest's own sys.argv are present."""
+    monkeypatch.setattr("sys.argv", ["qsd_lightning"])
+
+
 @pytest.fixture
 def run_cli(tmp_path):
     """Run the CLI in-process on CPU in ``tmp_path``; returns the LightningCLI object.

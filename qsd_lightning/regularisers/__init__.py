@@ -13,6 +13,7 @@ from .functional import MODES, qsd
 from .quantal import QSD, Dropout, NoRegulariser
 from .registry import available, build, get, name_of, register
 from .replace import replace_dropout
+from .variants import EmbeddingDropout, GaussianDropout, LockedDropout, SpatialDropout, WeightDrop, apply_weight_drop, embedded, remove_weight_drop
 
 __all__ = [
     "MODES",
@@ -28,5 +29,13 @@ __all__ = [
     "qsd",
     "register",
     "replace_dropout",
+    "EmbeddingDropout",
+    "GaussianDropout",
+    "LockedDropout",
+    "SpatialDropout",
+    "WeightDrop",
+    "apply_weight_drop",
+    "embedded",
+    "remove_weight_drop",
     "site_factory",
 ]

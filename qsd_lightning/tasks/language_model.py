@@ -1,0 +1,232 @@
+"""Word-level LSTM language modelling with truncated BPTT (Zaremba et al. 2014)."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Optional
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from jsonargparse import lazy_instance
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+
+from ..models.language_model import LSTMLanguageModel, LSTMState
+from ..regularisers import Dropout, Regulariser
+from ..regularisers.types import Rate
+from ..regularisers.variants import LockedDropout, WeightDrop
+
+__all__ = ["LanguageModel", "VocabularyMismatchError"]
+
+STAGES = ("train", "val", "test")
+
+
+class VocabularyMismatchError(ValueError):
+    """The model's ``vocab_size`` differs from the data's vocabulary."""
+
+
+def _site_factory(template: Regulariser, locked: bool):
+    """``rate -> fresh copy of template``; with ``locked``, one mask per sequence over time
+    (``locked_dims=(1,)``, units = features) for batch-first ``[B, T, F]`` activations."""
+    if not locked:
+        return lambda rate: template.clone(rate=rate)
+    if isinstance(template, LockedDropout):
+        if template.time_dim != 1:
+            raise ValueError(f"locked=true needs time_dim=1 (batch-first), got {template!r}")
+        return lambda rate: template.clone(rate=rate)
+    params = inspect.signature(type(template)).parameters
+    if "locked_dims" not in params or "unit_dims" not in params:
+        raise ValueError(
+            f"locked=true needs a regulariser with locked_dims and unit_dims arguments "
+            f"(dropout, qsd, gaussian_dropout, locked_dropout); {template!r} has none"
+        )
+    return lambda rate: template.clone(rate=rate, locked_dims=(1,), unit_dims=(-1,))
+
+
+class LanguageModel(L.LightningModule):
+    """LSTM language model trained with truncated BPTT over contiguous batches.
+
+    The data module (e.g. ``PTBDataModule``) yields ``(input, target)`` windows ``[B, T]`` of
+    ``B`` contiguous streams in order; the hidden state is carried from one batch to the next
+    (detached: gradients stop at the window) and reset to zeros at the start of each epoch of
+    each stage; training and evaluation keep separate states. Gradient clipping comes from
+    the trainer (``trainer.gradient_clip_val``). Metrics: ``train/loss`` (per step and epoch),
+    ``val/loss``, ``val/ppl``, ``test/loss``, ``test/ppl``: the loss is the token-weighted mean
+    cross-entropy (nats) over the whole split, accumulated with torchmetrics (correct under
+    DDP) and ppl = exp(loss).
+
+    Args:
+        vocab_size: vocabulary size; must equal the data's (``PTBDataModule.vocab_size``).
+        embedding_size: embedding width.
+        hidden_size: width of every LSTM layer.
+        num_layers: number of LSTM layers (one ``nn.LSTM`` each).
+        tie_weights: share the embedding and decoder weights (needs equal sizes).
+        regulariser: the regulariser of every site (by registry name or class path); its rate
+            applies to every site whose own rate is left unset.
+        embedding_regulariser / hidden_regulariser / output_regulariser: a different
+            regulariser for that site (its own ``rate`` applies unless ``<site>_rate`` is set).
+        embedding_rate / hidden_rate / output_rate: the rate at the embedding output, between
+            LSTM layers, before the decoder (awd-lstm-lm's dropouti, dropouth, dropout).
+        locked: one mask per sequence, the same at every time step (variational dropout, Gal
+            and Ghahramani 2016; QSD: one p_j per feature): sites get ``locked_dims=(1,)``.
+        weight_drop_rate: DropConnect on the recurrent weights (awd-lstm-lm's wdrop; 0: off).
+        weight_drop_regulariser: the regulariser used as that parametrization (default
+            ``weight_drop``; ``qsd`` gives per-presynaptic-unit release probabilities).
+        word_dropout_rate: word-type dropout on the embedding weight rows (awd's dropoute).
+        init_range: uniform init range of every weight (null: PyTorch defaults).
+        optimizer / lr_scheduler: injected (Zaremba: SGD lr 1, /1.2 per epoch after epoch 6).
+    """
+
+    def __init__(
+        self,
+        vocab_size: int = 10000,
+        embedding_size: int = 650,
+        hidden_size: int = 650,
+        num_layers: int = 2,
+        tie_weights: bool = False,
+        regulariser: Regulariser = lazy_instance(Dropout, rate=0.5),
+        embedding_regulariser: Optional[Regulariser] = None,
+        embedding_rate: Optional[Rate] = None,
+        hidden_regulariser: Optional[Regulariser] = None,
+        hidden_rate: Optional[Rate] = None,
+        output_regulariser: Optional[Regulariser] = None,
+        output_rate: Optional[Rate] = None,
+        locked: bool = False,
+        weight_drop_rate: Rate = 0.0,
+        weight_drop_regulariser: Optional[Regulariser] = None,
+        word_dropout_rate: Rate = 0.0,
+        init_range: Optional[float] = 0.05,
+        optimizer: OptimizerCallable = torch.optim.SGD,
+        lr_scheduler: Optional[LRSchedulerCallable] = None,
+    ) -> None:
+        super().__init__()
+
+        def site(own: Optional[Regulariser], rate: Optional[float]):
+            template = own if own is not None else regulariser
+            chosen = rate if rate is not None else template.rate
+            return _site_factory(template, locked), chosen
+
+        embedding_factory, embedding_rate_ = site(embedding_regulariser, embedding_rate)
+        hidden_factory, hidden_rate_ = site(hidden_regulariser, hidden_rate)
+        output_factory, output_rate_ = site(output_regulariser, output_rate)
+        weight_drop_template = weight_drop_regulariser if weight_drop_regulariser is not None else WeightDrop(0.0)
+        self.net = LSTMLanguageModel(
+            vocab_size,
+            embedding_size,
+            hidden_size,
+            num_layers,
+            tie_weights,
+            embedding_regulariser=embedding_factory,
+            embedding_rate=embedding_rate_,
+            hidden_regulariser=hidden_factory,
+            hidden_rate=hidden_rate_,
+            output_regulariser=output_factory,
+            output_rate=output_rate_,
+            weight_drop=lambda rate: weight_drop_template.clone(rate=rate),
+            weight_drop_rate=weight_drop_rate,
+            word_dropout_rate=word_dropout_rate,
+            init_range=init_range,
+        )
+        self.vocab_size = vocab_size
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        # token-weighted mean loss per evaluation stage (synced across ranks by torchmetrics)
+        self.eval_loss = nn.ModuleDict({stage: MeanMetric() for stage in ("val", "test")})
+        self._states: dict[str, Optional[LSTMState]] = {stage: None for stage in STAGES}
+        self.save_hyperparameters(
+            ignore=["regulariser", "embedding_regulariser", "hidden_regulariser", "output_regulariser",
+                    "weight_drop_regulariser", "optimizer", "lr_scheduler"]
+        )
+
+    # -- data checks and state handling
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        data_vocab = getattr(datamodule, "vocab_size", None)
+        if data_vocab is not None and data_vocab != self.vocab_size:
+            raise VocabularyMismatchError(
+                f"model.vocab_size is {self.vocab_size} but the data's vocabulary has {data_vocab} words "
+                f"(built from the training split of {getattr(datamodule, 'data_dir', 'the data')}): set "
+                f"--model.vocab_size {data_vocab}, or check --data.data_dir"
+            )
+
+    def reset_state(self, stage: Optional[str] = None) -> None:
+        """Forget the carried hidden state of ``stage`` (all stages if None)."""
+        for s in STAGES if stage is None else (stage,):
+            self._states[s] = None
+
+    def on_train_epoch_start(self) -> None:
+        self.reset_state("train")
+
+    def on_validation_epoch_start(self) -> None:
+        self.reset_state("val")
+
+    def on_test_epoch_start(self) -> None:
+        self.reset_state("test")
+
+    def on_fit_start(self) -> None:
+        self.reset_state()
+
+    def forward(self, tokens: Tensor, state: Optional[LSTMState] = None) -> tuple[Tensor, LSTMState]:
+        return self.net(tokens, state)
+
+    def loss_and_carry(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
+        """Mean token cross-entropy of one window, continuing the state carried in ``stage``
+        (reset when the batch size changes); stores the new state detached."""
+        tokens, targets = batch
+        state = self._states[stage]
+        if state is not None and state[0][0].shape[1] != tokens.shape[0]:
+            state = None
+        logits, new_state = self(tokens, state)
+        self._states[stage] = [(h.detach(), c.detach()) for h, c in new_state]
+        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+
+    # -- steps
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        loss = self.loss_and_carry(batch, "train")
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite training loss ({loss.item()}) at global step {self.global_step}, "
+                f"epoch {self.current_epoch}: stopping instead of training on. Lower the learning "
+                "rate or the gradient clipping value; earlier checkpoints are untouched."
+            )
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch[1].numel())
+        return loss
+
+    def _eval_step(self, batch, stage: str) -> None:
+        loss = self.loss_and_carry(batch, stage)
+        self.eval_loss[stage].update(loss.detach(), batch[1].numel())
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        metric = self.eval_loss[stage]
+        if metric.update_count == 0:
+            return
+        loss = metric.compute()
+        metric.reset()
+        self.log(f"{stage}/loss", loss, prog_bar=True)
+        self.log(f"{stage}/ppl", torch.exp(loss), prog_bar=True)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        scheduler = self.lr_scheduler_factory(optimizer)
+        config = {"scheduler": scheduler, "interval": "epoch"}
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            config["monitor"] = "val/loss"
+        return {"optimizer": optimizer, "lr_scheduler": config}

@@ -1,0 +1,156 @@
+"""Sentiment classification of variable-length texts with a recurrent network."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Literal, Optional
+
+import torch
+from jsonargparse import lazy_instance
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+
+from ..models.sentiment import RecurrentClassifier
+from ..regularisers import Dropout, NoRegulariser, Regulariser, name_of, site_factory
+from ..regularisers.types import Rate
+from .classification import ClassificationTask
+
+__all__ = ["SentimentClassifier", "sequence_site_factory"]
+
+
+def sequence_site_factory(template: Regulariser, locked: bool = False):
+    """Factory ``rate -> module`` for a ``[B, T, F]`` site: units are the features.
+
+    The clone gets ``unit_dims=(-1,)`` (one release probability per feature, as in
+    docs/QSD.md) unless the template sets its own, and with ``locked`` also
+    ``locked_dims=(1,)``: one mask per sequence and feature, the same at every time step
+    (Gal and Ghahramani 2016). Regularisers without these arguments are cloned as they are;
+    asking to lock one that cannot lock is an error.
+    """
+    params = inspect.signature(type(template)).parameters
+    overrides = {}
+    if "unit_dims" in params and "unit_dims" not in template.config():
+        overrides["unit_dims"] = (-1,)
+    if locked and not isinstance(template, NoRegulariser):
+        if "locked_dims" not in params:
+            name = name_of(template) or type(template).__name__
+            raise ValueError(f"locked=true needs a regulariser that takes locked_dims; {name!r} does not")
+        overrides["locked_dims"] = (1,)
+
+    def build(rate: float) -> nn.Module:
+        return template.clone(rate=rate, **overrides)
+
+    return build
+
+
+class SentimentClassifier(ClassificationTask):
+    """Embedding -> LSTM/GRU layers -> linear classifier over packed, padded texts.
+
+    Batches are ``(tokens [B, T], lengths [B], labels [B])`` (see
+    :class:`~qsd_lightning.data.SentimentDataModule`). Regulariser sites as in awd-lstm-lm:
+    ``embedding`` (embedding output), ``hidden`` (between recurrent layers), ``output``
+    (before the classifier).
+
+    Args:
+        vocab_size: embedding rows. ``null`` (the default): taken from the data module's
+            vocabulary at setup (and then saved in the checkpoint's hyper-parameters); a number
+            is checked against the data module at setup, and a mismatch stops the run.
+        num_classes: number of classes (checked against the data at setup).
+        embedding_dim: embedding width.
+        hidden_size: recurrent state size per direction.
+        num_layers: recurrent layers, one ``nn.LSTM``/``nn.GRU`` each.
+        cell: ``lstm`` or ``gru``.
+        bidirectional: run each layer both ways (outputs concatenated).
+        pooling: ``last`` (final states), ``max`` or ``mean`` over the valid time steps.
+        regulariser: the regulariser of every site, by registry name or class path; its rate
+            applies to every site whose own rate below is left unset.
+        embedding_rate / hidden_rate / output_rate: per-site rates (0: no regulariser there).
+        locked: time-locked masks at the ``embedding`` and ``hidden`` sites (the same mask at
+            every step of a sequence; the template must take ``locked_dims``).
+    """
+
+    def __init__(
+        self,
+        vocab_size: Optional[int] = None,
+        num_classes: int = 2,
+        embedding_dim: int = 128,
+        hidden_size: int = 128,
+        num_layers: int = 1,
+        cell: Literal["lstm", "gru"] = "lstm",
+        bidirectional: bool = False,
+        pooling: Literal["last", "max", "mean"] = "last",
+        regulariser: Regulariser = lazy_instance(Dropout, rate=0.5),
+        embedding_rate: Optional[Rate] = None,
+        hidden_rate: Optional[Rate] = None,
+        output_rate: Optional[Rate] = None,
+        locked: bool = False,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: Optional[LRSchedulerCallable] = None,
+    ) -> None:
+        default_rate = regulariser.rate
+        sequence_site = sequence_site_factory(regulariser, locked)  # fails early on a bad combination
+        net_args = dict(
+            num_classes=num_classes,
+            embedding_dim=embedding_dim,
+            hidden_size=hidden_size,
+            num_layers=num_layers,
+            cell=cell,
+            bidirectional=bidirectional,
+            pooling=pooling,
+            embedding_regulariser=sequence_site,
+            hidden_regulariser=sequence_site,
+            output_regulariser=site_factory(regulariser),
+            embedding_rate=default_rate if embedding_rate is None else embedding_rate,
+            hidden_rate=default_rate if hidden_rate is None else hidden_rate,
+            output_rate=default_rate if output_rate is None else output_rate,
+        )
+        net = None if vocab_size is None else RecurrentClassifier(vocab_size, **net_args)
+        super().__init__(net, num_classes, optimizer, lr_scheduler)
+        self._net_args = net_args
+        self.vocab_size = vocab_size
+        self.save_hyperparameters(ignore=["regulariser", "optimizer", "lr_scheduler"])
+
+    def setup(self, stage: str) -> None:
+        """Check the vocabulary size (and classes) against the data module; build the net
+        now if ``vocab_size`` was left to the data."""
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        data_vocab = getattr(datamodule, "vocab_size", None)
+        name = type(datamodule).__name__
+        if self.vocab_size is None:
+            if data_vocab is None:
+                raise ValueError(
+                    "SentimentClassifier: model.vocab_size is null and the data module "
+                    f"({name if datamodule is not None else 'none given'}) reports no vocab_size after setup: "
+                    "set --model.vocab_size or use a data module that builds a vocabulary (SentimentDataModule)"
+                )
+            self.vocab_size = int(data_vocab)
+            self.hparams["vocab_size"] = self.vocab_size  # checkpoints rebuild the same net
+            self.net = RecurrentClassifier(self.vocab_size, **self._net_args)
+        elif data_vocab is not None and int(data_vocab) != self.vocab_size:
+            raise ValueError(
+                f"SentimentClassifier: model.vocab_size is {self.vocab_size} but the data module's vocabulary "
+                f"has {data_vocab} tokens ({name}, vocabulary {getattr(datamodule, 'vocab_path', None)}). "
+                f"Set --model.vocab_size {data_vocab}, or null to take it from the data, or change "
+                "--data.max_vocab / --data.min_freq back to the values the model was trained with."
+            )
+        data_classes = getattr(datamodule, "num_classes", None)
+        if data_classes is not None and int(data_classes) > self.num_classes:
+            raise ValueError(
+                f"SentimentClassifier: the data has {data_classes} classes but model.num_classes is {self.num_classes}"
+            )
+
+    def forward(self, tokens, lengths: Optional[Tensor] = None) -> Tensor:
+        if isinstance(tokens, (tuple, list)):  # (tokens, lengths) from _shared_step
+            tokens, lengths = tokens
+        if self.net is None:
+            raise RuntimeError("SentimentClassifier has no network yet: vocab_size is set at setup from the data module")
+        return self.net(tokens, lengths)
+
+    def _shared_step(self, batch, stage: str) -> Tensor:
+        # (tokens, lengths, labels) -> the ((inputs), labels) pair ClassificationTask expects
+        tokens, lengths, labels = batch
+        return super()._shared_step(((tokens, lengths), labels), stage)
+
+    def predict_step(self, batch, batch_idx: int) -> Tensor:
+        tokens, lengths = batch[0], batch[1]
+        return self(tokens, lengths).argmax(dim=-1)
