@@ -1,5 +1,18 @@
 """Callbacks: regulariser schedules and analysis logging."""
 
+from .progress import ProgressBar
+from .quantal import QuantalStatistics, summarise_release
+from .sparsity import ActivationSparsity, SparsityMetric, hoyer_sparsity
 from .switch import RegulariserSwitch
+from .weights import WeightDistributions
 
-__all__ = ["RegulariserSwitch"]
+__all__ = [
+    "ActivationSparsity",
+    "ProgressBar",
+    "QuantalStatistics",
+    "RegulariserSwitch",
+    "SparsityMetric",
+    "WeightDistributions",
+    "hoyer_sparsity",
+    "summarise_release",
+]

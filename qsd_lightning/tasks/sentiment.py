@@ -18,6 +18,17 @@ from .classification import ClassificationTask
 __all__ = ["SentimentClassifier", "sequence_site_factory"]
 
 
+def _concrete(template: Regulariser) -> Regulariser:
+    """The template itself, or for jsonargparse's ``lazy_instance`` default (what a Python
+    caller gets; the CLI replaces it) an instance of the real class: ``clone`` builds
+    ``type(self)``, which for a lazy instance is a wrapper class."""
+    cls = type(template)
+    if not cls.__name__.startswith("LazyInstance_"):
+        return template
+    real = next(c for c in cls.__mro__[1:] if issubclass(c, Regulariser) and not c.__name__.startswith("LazyInstance_"))
+    return real(**template.config())
+
+
 def sequence_site_factory(template: Regulariser, locked: bool = False):
     """Factory ``rate -> module`` for a ``[B, T, F]`` site: units are the features.
 
@@ -87,6 +98,7 @@ class SentimentClassifier(ClassificationTask):
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
     ) -> None:
+        regulariser = _concrete(regulariser)
         default_rate = regulariser.rate
         sequence_site = sequence_site_factory(regulariser, locked)  # fails early on a bad combination
         net_args = dict(

@@ -1,0 +1,41 @@
+"""Weight and bias distributions at the end of each validation."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+
+from .naming import layer_name
+from .wandb_media import log_histograms
+
+__all__ = ["WeightDistributions"]
+
+
+class WeightDistributions(L.Callback):
+    """Log ``weights/<parameter>/mean`` and ``/std`` of every weight and bias (W&B: histograms).
+
+    Parameters are identical on every rank under DDP, so nothing needs reducing. Normalisation
+    layers are included; pass ``include_norm=False`` to keep only weight layers.
+    """
+
+    def __init__(self, histograms: bool = True, include_norm: bool = True) -> None:
+        self.histograms = histograms
+        self.include_norm = include_norm
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        tensors = {}
+        for module_name, module in pl_module.named_modules():
+            if not self.include_norm and isinstance(module, torch.nn.modules.batchnorm._NormBase):
+                continue
+            for pname, param in module.named_parameters(recurse=False):
+                if pname not in ("weight", "bias"):
+                    continue
+                key = f"weights/{layer_name(module_name)}.{pname}"
+                values = param.detach().double()
+                pl_module.log(f"{key}/mean", values.mean().float(), on_step=False, on_epoch=True)
+                pl_module.log(f"{key}/std", values.std(unbiased=False).float(), on_step=False, on_epoch=True)
+                tensors[key] = values
+        if self.histograms and tensors:
+            log_histograms(trainer, tensors)

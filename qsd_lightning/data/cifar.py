@@ -1,0 +1,533 @@
+"""CIFAR-10 / CIFAR-100 from whatever form is on disk, with clear errors when it is not.
+
+Sources, tried in this order under ``data_dir``:
+
+1. torchvision's pickle batches: ``cifar-10-batches-py/{data_batch_1..5,test_batch}`` or
+   ``cifar-100-python/{train,test}`` (also accepted when ``data_dir`` *is* that folder);
+   ``prepare_data`` downloads them with torchvision when nothing is found and ``download``
+   is on.
+2. image folders ``train/<class>/*.png|jpg`` and ``test/<class>/...`` in ``data_dir`` or one
+   of its subfolders. Classes are the folder names in sorted order (numerically if all are
+   numbers), which for the CIFAR class names is the canonical label order.
+3. a ``.tar.gz`` / ``.tar.xz`` / ``.tgz`` / ``.tar`` archive in ``data_dir`` holding either of
+   the above, read in one streaming pass (nothing is extracted to disk).
+
+Images are kept as uint8 ``[N, 3, 32, 32]`` and normalised per batch with the usual CIFAR
+mean and std; augmentation (4-pixel zero-padded random crop + horizontal flip) applies to the
+training split only. Everything is sorted and split with a fixed seed, so every process
+builds the same data.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import lzma
+import pickle
+import re
+import socket
+import tarfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import IO, Iterable, Literal, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from .base import CorruptDataError, DataNotFoundError, TensorDataModule, seeded_split
+
+__all__ = [
+    "CIFARDataModule",
+    "CIFAR10_CLASSES",
+    "CIFAR100_CLASSES",
+    "CIFAR_STATS",
+    "CIFARCollate",
+    "random_crop_flip",
+    "read_cifar",
+    "write_cifar_pickles",
+    "write_image_folder",
+]
+
+log = logging.getLogger(__name__)
+
+Dataset = Literal["cifar10", "cifar100"]
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR100_CLASSES = tuple(
+    """apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly
+    camel can castle caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup
+    dinosaur dolphin elephant flatfish forest fox girl hamster house kangaroo keyboard lamp lawn_mower
+    leopard lion lizard lobster man maple_tree motorcycle mountain mouse mushroom oak_tree orange orchid
+    otter palm_tree pear pickup_truck pine_tree plain plate poppy porcupine possum rabbit raccoon ray road
+    rocket rose sea seal shark shrew skunk skyscraper snail snake spider squirrel streetcar sunflower
+    sweet_pepper table tank telephone television tiger tractor train trout tulip turtle wardrobe whale
+    willow_tree wolf woman worm""".split()
+)
+
+#: per-channel mean and std of the training images, in [0, 1] units
+CIFAR_STATS = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+
+
+@dataclass(frozen=True)
+class _Layout:
+    title: str
+    folder: str  # torchvision's extracted folder
+    train: tuple[str, ...]
+    test: tuple[str, ...]
+    meta: str
+    label_key: str
+    names_key: str
+    archive: str  # torchvision's download
+    classes: tuple[str, ...]
+
+
+LAYOUTS = {
+    "cifar10": _Layout(
+        "CIFAR-10", "cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",),
+        "batches.meta", "labels", "label_names", "cifar-10-python.tar.gz", CIFAR10_CLASSES,
+    ),
+    "cifar100": _Layout(
+        "CIFAR-100", "cifar-100-python", ("train",), ("test",),
+        "meta", "fine_labels", "fine_label_names", "cifar-100-python.tar.gz", CIFAR100_CLASSES,
+    ),
+}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".tar")
+_ARCHIVE_ERRORS = (tarfile.TarError, EOFError, OSError, lzma.LZMAError, zlib.error)
+IMAGE_SHAPE = (3, 32, 32)
+
+Arrays = tuple[np.ndarray, np.ndarray]  # uint8 [N, 3, 32, 32], int64 [N]
+
+
+# ----------------------------------------------------------------------------- pickle batches
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles plain containers and numpy arrays only (what the CIFAR batches hold)."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"unexpected object {module}.{name} (not a CIFAR batch)")
+
+
+def _unpickle(f: IO[bytes], where: str) -> dict:
+    try:
+        entry = _ArrayUnpickler(f, encoding="latin1").load()
+    except Exception as err:  # truncated (EOFError), garbage (UnpicklingError), bad array state
+        raise CorruptDataError(f"cannot read CIFAR batch {where}: {type(err).__name__}: {err}") from err
+    if not isinstance(entry, dict):
+        raise CorruptDataError(f"{where} is not a CIFAR batch (a {type(entry).__name__}, not a dict)")
+    return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
+
+
+def _batch_arrays(entry: dict, label_key: str, where: str) -> Arrays:
+    if "data" not in entry or label_key not in entry:
+        raise CorruptDataError(f"{where} lacks the 'data' or {label_key!r} entry of a CIFAR batch")
+    data = np.asarray(entry["data"])
+    labels = np.asarray(entry[label_key], dtype=np.int64)
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(labels) != len(data):
+        raise CorruptDataError(
+            f"{where}: expected uint8 data of shape [N, 3072] and N labels, "
+            f"got data {data.dtype}{list(data.shape)} and {len(labels)} labels"
+        )
+    return data.reshape(-1, *IMAGE_SHAPE), labels
+
+
+def _concat(parts: list[Arrays]) -> Arrays:
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _find_pickle_folder(data_dir: Path, layout: _Layout) -> Optional[Path]:
+    """The folder holding the batches; ``DataNotFoundError`` if only some of them are there."""
+    names = (*layout.train, *layout.test)
+    for folder in (data_dir / layout.folder, data_dir):
+        present = [n for n in names if (folder / n).is_file()]
+        if len(present) == len(names):
+            return folder
+        if present and (folder != data_dir or folder.name == layout.folder):
+            missing = [n for n in names if n not in present]
+            raise DataNotFoundError(
+                f"{layout.title} batches in {folder.resolve()} are incomplete: missing {', '.join(missing)}. "
+                f"Delete the folder and download again (--data.download true), or copy the missing files."
+            )
+    return None
+
+
+def _read_pickle_folder(folder: Path, layout: _Layout) -> tuple[Arrays, Arrays, tuple[str, ...]]:
+    def read(names: Sequence[str]) -> Arrays:
+        parts = []
+        for name in names:
+            with open(folder / name, "rb") as f:
+                parts.append(_batch_arrays(_unpickle(f, str(folder / name)), layout.label_key, str(folder / name)))
+        return _concat(parts)
+
+    classes = layout.classes
+    if (folder / layout.meta).is_file():
+        with open(folder / layout.meta, "rb") as f:
+            names = _unpickle(f, str(folder / layout.meta)).get(layout.names_key)
+        if names:
+            classes = tuple(n.decode("latin1") if isinstance(n, bytes) else str(n) for n in names)
+    return read(layout.train), read(layout.test), classes
+
+
+# ----------------------------------------------------------------------------- image folders
+
+def _class_order(names: Iterable[str]) -> list[str]:
+    names = sorted(set(names))
+    return sorted(names, key=int) if names and all(n.isdigit() for n in names) else names
+
+
+def _decode_image(raw: bytes, where: str) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(raw)) as img:
+            img.load()
+            array = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except Exception as err:  # truncated or not an image
+        raise CorruptDataError(f"cannot decode image {where}: {err}") from err
+    if array.shape != (32, 32, 3):
+        raise CorruptDataError(f"image {where} is {array.shape[1]}x{array.shape[0]}, expected 32x32")
+    return array.transpose(2, 0, 1)
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith(".")
+
+
+def _assemble(images: dict[str, dict[str, list[tuple[str, np.ndarray]]]], where: str) -> tuple[Arrays, Arrays, tuple[str, ...]]:
+    """``images[split][class] = [(file name, CHW uint8)]`` -> arrays sorted by class and name."""
+    train_classes, test_classes = _class_order(images["train"]), _class_order(images["test"])
+    if train_classes != test_classes:
+        raise CorruptDataError(
+            f"{where}: train/ and test/ have different class folders "
+            f"({len(train_classes)} vs {len(test_classes)}: {sorted(set(train_classes) ^ set(test_classes))[:5]})"
+        )
+    index = {name: i for i, name in enumerate(train_classes)}
+
+    def split(name: str) -> Arrays:
+        xs, ys = [], []
+        for cls in train_classes:
+            for _, array in sorted(images[name][cls], key=lambda item: item[0]):
+                xs.append(array)
+                ys.append(index[cls])
+        return np.stack(xs), np.asarray(ys, dtype=np.int64)
+
+    return split("train"), split("test"), tuple(train_classes)
+
+
+def _find_image_root(data_dir: Path) -> Optional[Path]:
+    if not data_dir.is_dir():
+        return None
+    for root in (data_dir, *sorted(p for p in data_dir.iterdir() if p.is_dir())):
+        if (root / "train").is_dir() and (root / "test").is_dir():
+            return root
+    return None
+
+
+def _read_image_root(root: Path) -> tuple[Arrays, Arrays, tuple[str, ...]]:
+    images: dict[str, dict[str, list]] = {}
+    for split in ("train", "test"):
+        images[split] = {}
+        for cls_dir in sorted(p for p in (root / split).iterdir() if p.is_dir() and not p.name.startswith(".")):
+            files = sorted(p for p in cls_dir.iterdir() if p.is_file() and _is_image(p.name))
+            images[split][cls_dir.name] = [(p.name, _decode_image(p.read_bytes(), str(p))) for p in files]
+        if not any(images[split].values()):
+            raise DataNotFoundError(f"no images (*.png, *.jpg) in {root / split}/<class>/")
+    return _assemble(images, str(root))
+
+
+# ----------------------------------------------------------------------------- archives
+
+def _find_archives(data_dir: Path, dataset: str) -> list[Path]:
+    if not data_dir.is_dir():
+        return []
+    archives = [p for p in data_dir.iterdir() if p.is_file() and p.name.lower().endswith(ARCHIVE_SUFFIXES)]
+    wanted = re.compile(r"cifar[-_]?100" if dataset == "cifar100" else r"cifar[-_]?10(?!0)", re.IGNORECASE)
+    return sorted(archives, key=lambda p: (not wanted.search(p.name), p.name))
+
+
+def _read_archive(path: Path, layout: _Layout) -> Optional[tuple[Arrays, Arrays, tuple[str, ...]]]:
+    """Arrays from an archive of pickle batches or image folders; None if it holds neither."""
+    batch_names = {*layout.train, *layout.test, layout.meta}
+    batches: dict[str, dict] = {}
+    images: dict[str, dict[str, list]] = {"train": {}, "test": {}}
+    try:
+        with tarfile.open(path, "r|*") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                parts = PurePosixPath(member.name).parts
+                where = f"{member.name} in {path}"
+                if parts[-1] in batch_names and (len(parts) == 1 or parts[-2] == layout.folder):
+                    batches[parts[-1]] = _unpickle(tar.extractfile(member), where)
+                elif len(parts) >= 3 and parts[-3] in images and _is_image(parts[-1]):
+                    array = _decode_image(tar.extractfile(member).read(), where)
+                    images[parts[-3]].setdefault(parts[-2], []).append((parts[-1], array))
+    except CorruptDataError:
+        raise
+    except _ARCHIVE_ERRORS as err:
+        raise CorruptDataError(f"cannot read archive {path}: {type(err).__name__}: {err}") from err
+
+    if all(name in batches for name in (*layout.train, *layout.test)):
+        def read(names: Sequence[str]) -> Arrays:
+            return _concat([_batch_arrays(batches[n], layout.label_key, f"{n} in {path}") for n in names])
+
+        names = batches.get(layout.meta, {}).get(layout.names_key)
+        classes = tuple(n.decode("latin1") if isinstance(n, bytes) else str(n) for n in names) if names else layout.classes
+        return read(layout.train), read(layout.test), classes
+    if any(images["train"].values()) and any(images["test"].values()):
+        return _assemble(images, str(path))
+    return None
+
+
+# ----------------------------------------------------------------------------- entry points
+
+def _find_source(data_dir: Path, dataset: str) -> Optional[tuple[str, Path]]:
+    """Cheap look for data (nothing decoded): ("pickle" | "images" | "archive", path)."""
+    layout = LAYOUTS[dataset]
+    folder = _find_pickle_folder(data_dir, layout)
+    if folder is not None:
+        return "pickle", folder
+    root = _find_image_root(data_dir)
+    if root is not None:
+        return "images", root
+    archives = _find_archives(data_dir, dataset)
+    if archives:
+        return "archive", archives[0]
+    return None
+
+
+def read_cifar(data_dir: str | Path, dataset: Dataset = "cifar10") -> tuple[Arrays, Arrays, tuple[str, ...], str]:
+    """``(train, test, classes, source)`` with uint8 images ``[N, 3, 32, 32]`` and int64 labels.
+
+    ``DataNotFoundError`` if ``data_dir`` holds none of the supported forms,
+    ``CorruptDataError`` naming the file when one cannot be read.
+    """
+    if dataset not in LAYOUTS:
+        raise ValueError(f"dataset must be one of {', '.join(LAYOUTS)}, got {dataset!r}")
+    data_dir, layout = Path(data_dir), LAYOUTS[dataset]
+    found = _find_source(data_dir, dataset)
+    if found is None:
+        raise DataNotFoundError(missing_message(data_dir, dataset, "no data files"))
+    kind, path = found
+    if kind == "pickle":
+        train, test, classes = _read_pickle_folder(path, layout)
+    elif kind == "images":
+        train, test, classes = _read_image_root(path)
+    else:
+        result = None
+        for archive in _find_archives(data_dir, dataset):
+            result = _read_archive(archive, layout)
+            if result is not None:
+                path = archive
+                break
+        if result is None:
+            raise DataNotFoundError(
+                missing_message(data_dir, dataset, "its archives hold neither CIFAR batches nor train/<class>/ images")
+            )
+        train, test, classes = result
+    num_classes = len(layout.classes)
+    for name, (x, y) in (("train", train), ("test", test)):
+        if len(y) and (y.min() < 0 or y.max() >= num_classes):
+            raise CorruptDataError(f"{path}: {name} labels outside 0..{num_classes - 1} for {layout.title}")
+    if kind != "pickle" and len(classes) != num_classes:
+        raise CorruptDataError(
+            f"{path} has {len(classes)} class folders, {layout.title} has {num_classes}; "
+            "is --data.dataset right?"
+        )
+    return train, test, classes, f"{kind} {path}"
+
+
+def missing_message(data_dir: Path, dataset: str, reason: str) -> str:
+    layout = LAYOUTS[dataset]
+    batches = ", ".join((*layout.train, *layout.test))
+    shared = " (the project's shared data has a CIFAR-10 JPEG subset: shared/data/cifar10)" if dataset == "cifar10" else ""
+    return (
+        f"{layout.title} not found in {Path(data_dir).resolve()} ({reason}). Expected one of: torchvision's "
+        f"pickle batches {layout.folder}/{{{batches}}}; image folders train/<class>/*.png|jpg and "
+        f"test/<class>/*.png|jpg; or a .tar.gz/.tar.xz archive of either, in that directory. Get them with "
+        f"network access by running once with --data.download true (torchvision fetches {layout.archive}), "
+        f"or copy them there{shared}, or point --data.data_dir at a folder that has them."
+    )
+
+
+# ----------------------------------------------------------------------------- batches
+
+def random_crop_flip(x: Tensor, padding: int = 4, generator: Optional[torch.Generator] = None) -> Tensor:
+    """Random ``H x W`` crops of the zero-padded batch and random horizontal flips, per image.
+
+    ``x``: ``[B, C, H, W]`` (uint8 or float). Uses torch's global generator unless given one.
+    """
+    b, c, h, w = x.shape
+    padded = F.pad(x, (padding, padding, padding, padding))
+    oy = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
+    ox = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
+    rows = (oy[:, None] + torch.arange(h))[:, None, :, None]
+    cols = (ox[:, None] + torch.arange(w))[:, None, None, :]
+    out = padded[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+    flip = (torch.rand(b, generator=generator) < 0.5)[:, None, None, None]
+    return torch.where(flip, out.flip(-1), out)
+
+
+class CIFARCollate:
+    """Stacks uint8 samples, optionally augments, then normalises to float32."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], augment: bool = False) -> None:
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        self.augment = augment
+
+    def __call__(self, samples: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+        x = torch.stack([s[0] for s in samples])
+        y = torch.stack([s[1] for s in samples])
+        if self.augment:
+            x = random_crop_flip(x)
+        return (x.float() / 255.0 - self.mean) / self.std, y
+
+
+class CIFARDataModule(TensorDataModule):
+    """CIFAR-10 or CIFAR-100 (see the module docstring for the accepted on-disk forms).
+
+    ``prepare_data`` (rank 0) downloads torchvision's batches when nothing is found and
+    ``download`` is on (20 s socket timeout); offline it stops at once naming ``data_dir``,
+    the files expected and how to get them. The validation set is a seeded split of
+    ``val_size`` training images. ``augment``: 4-pixel zero-padded random crops and
+    horizontal flips, training split only.
+    """
+
+    def __init__(
+        self,
+        data_dir: str = "data/cifar10",
+        dataset: Dataset = "cifar10",
+        batch_size: int = 128,
+        val_size: int = 5000,
+        augment: bool = False,
+        download: bool = True,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__(data_dir=data_dir, batch_size=batch_size, num_workers=num_workers, seed=seed)
+        if dataset not in LAYOUTS:
+            raise ValueError(f"dataset must be one of {', '.join(LAYOUTS)}, got {dataset!r}")
+        if val_size < 1:
+            raise ValueError(f"val_size must be >= 1, got {val_size}")
+        self.dataset = dataset
+        self.val_size = val_size
+        self.augment = augment
+        self.download = download
+        self.num_classes = len(LAYOUTS[dataset].classes)
+        self.mean, self.std = CIFAR_STATS[dataset]
+        self.classes: tuple[str, ...] = LAYOUTS[dataset].classes
+        self.source: str | None = None
+
+    def prepare_data(self) -> None:
+        if _find_source(self.data_dir, self.dataset) is not None:
+            return
+        if not self.download:
+            raise DataNotFoundError(missing_message(self.data_dir, self.dataset, "download is off"))
+        from torchvision.datasets import CIFAR10, CIFAR100
+
+        previous = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(20)
+        try:
+            (CIFAR10 if self.dataset == "cifar10" else CIFAR100)(str(self.data_dir), train=True, download=True)
+        except Exception as err:  # no network, refused, HTTP error, bad checksum
+            raise DataNotFoundError(missing_message(self.data_dir, self.dataset, f"download failed: {err}")) from err
+        finally:
+            socket.setdefaulttimeout(previous)
+
+    def load(self):
+        (x_train, y_train), (x_test, y_test), self.classes, self.source = read_cifar(self.data_dir, self.dataset)
+        log.info("%s: %d train, %d test images from %s", self.dataset, len(y_train), len(y_test), self.source)
+        if not self.val_size < len(y_train):
+            raise ValueError(f"val_size {self.val_size} must be smaller than the {len(y_train)} training images")
+        val, train = seeded_split(len(y_train), (self.val_size / len(y_train),), self.seed)
+        x_train, y_train = torch.from_numpy(x_train), torch.from_numpy(y_train)
+        return {
+            "train": (x_train[train], y_train[train]),
+            "val": (x_train[val], y_train[val]),
+            "test": (torch.from_numpy(x_test), torch.from_numpy(y_test)),
+        }
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.splits[split],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            collate_fn=CIFARCollate(self.mean, self.std, augment=self.augment and split == "train"),
+        )
+
+
+# ----------------------------------------------------------------------------- writers (tests, tools)
+
+def write_cifar_pickles(
+    root: str | Path, dataset: Dataset, train: Arrays, test: Arrays, classes: Optional[Sequence[str]] = None
+) -> Path:
+    """Write uint8 ``[N, 3, 32, 32]`` images and labels as torchvision's pickle batches
+    (same folder, file names, dict keys and protocol 2 as the originals); returns the folder."""
+    layout = LAYOUTS[dataset]
+    folder = Path(root) / layout.folder
+    folder.mkdir(parents=True, exist_ok=True)
+    classes = list(classes or layout.classes)
+
+    def entry(x: np.ndarray, y: np.ndarray, label: str, start: int) -> dict:
+        x = np.ascontiguousarray(x, dtype=np.uint8).reshape(len(x), -1)
+        names = [f"image_{start + i:05d}.png" for i in range(len(x))]
+        labels = [int(v) for v in y]
+        if dataset == "cifar10":
+            return {"batch_label": label, "labels": labels, "data": x, "filenames": names}
+        return {"filenames": names, "batch_label": label, "fine_labels": labels,
+                "coarse_labels": [v // 5 for v in labels], "data": x}
+
+    def dump(name: str, obj: dict) -> None:
+        with open(folder / name, "wb") as f:
+            pickle.dump(obj, f, protocol=2)
+
+    x, y = train
+    chunks = np.array_split(np.arange(len(y)), len(layout.train))
+    for i, (name, idx) in enumerate(zip(layout.train, chunks), start=1):
+        label = f"training batch {i} of {len(layout.train)}" if dataset == "cifar10" else "training batch 1 of 1"
+        dump(name, entry(x[idx], y[idx], label, int(idx[0]) if len(idx) else 0))
+    dump(layout.test[0], entry(test[0], test[1], "testing batch 1 of 1", 0))
+    if dataset == "cifar10":
+        dump(layout.meta, {"num_cases_per_batch": len(chunks[0]), "label_names": classes, "num_vis": 3072})
+    else:
+        dump(layout.meta, {"fine_label_names": classes, "coarse_label_names": [f"superclass_{i}" for i in range(20)]})
+    return folder
+
+
+def write_image_folder(
+    root: str | Path, train: Arrays, test: Arrays, classes: Sequence[str] = CIFAR10_CLASSES, fmt: str = "png"
+) -> Path:
+    """Write ``root/{train,test}/<class>/NNNN.<fmt>`` (png is lossless; jpg at quality 75)."""
+    from PIL import Image
+
+    root = Path(root)
+    for split, (x, y) in (("train", train), ("test", test)):
+        counts: dict[int, int] = {}
+        for image, label in zip(np.asarray(x, dtype=np.uint8), np.asarray(y)):
+            folder = root / split / classes[int(label)]
+            folder.mkdir(parents=True, exist_ok=True)
+            n = counts[int(label)] = counts.get(int(label), -1) + 1
+            Image.fromarray(image.transpose(1, 2, 0)).save(folder / f"{n:04d}.{fmt}", quality=75)
+    return root

@@ -1,0 +1,565 @@
+"""Binary sentiment classification of variable-length texts: IMDB, SST-2 and the like.
+
+Batches are ``(tokens, lengths, labels)``: ``tokens`` a ``[B, T]`` LongTensor padded with
+``PAD_INDEX`` (0) after each text, ``lengths`` the ``[B]`` true lengths (>= 1), ``labels`` ``[B]``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import lzma
+import math
+import os
+import re
+import socket
+import tarfile
+import zlib
+from pathlib import Path
+from typing import Literal, Optional, Sequence
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .base import CorruptDataError, DataNotFoundError, seeded_split
+from .text import PAD_INDEX, TOKENIZER_VERSION, UNK_INDEX, Vocabulary, tokenize
+
+__all__ = ["SentimentDataModule", "EncodedTextDataset", "BucketBatchSampler", "pad_collate"]
+
+Format = Literal["auto", "aclimdb", "tsv", "hf"]
+Split = tuple[list[str], list[int]]  # texts, labels
+
+_ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".tar")
+_ACLIMDB_MEMBER = re.compile(r"(?:^|/)(train|test)/(pos|neg)/([^/]+\.txt)$")
+_LABELS = {"neg": 0, "pos": 1}
+_TEXT_COLUMNS = ("sentence", "text", "review")
+_OFFLINE_VALUES = {"1", "true", "yes", "on"}
+
+
+class EncodedTextDataset(Dataset):
+    """Token-id sequences (int32 tensors) with integer labels; items are ``(ids, label)``."""
+
+    def __init__(self, sequences: list[Tensor], labels: Tensor) -> None:
+        if len(sequences) != len(labels):
+            raise ValueError("sequences and labels differ in length")
+        self.sequences = sequences
+        self.labels = labels
+        self.lengths = [len(s) for s in sequences]
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        return self.sequences[i], self.labels[i]
+
+
+def pad_collate(batch: Sequence[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor, Tensor]:
+    """``[(ids, label), ...] -> (tokens [B, T] padded with 0, lengths [B], labels [B])``."""
+    sequences, labels = zip(*batch)
+    lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)
+    tokens = pad_sequence([s.long() for s in sequences], batch_first=True, padding_value=PAD_INDEX)
+    return tokens, lengths, torch.stack(labels).long()
+
+
+class BucketBatchSampler(Sampler[list[int]]):
+    """Batches of similar lengths, to waste little time on padding.
+
+    With ``shuffle``: a random permutation is cut into pools of ``pool_batches`` batches, each
+    pool sorted by length and cut into batches, and the batches are shuffled (randomness from
+    torch's global generator, like ``RandomSampler``, so ``seed_everything`` fixes it). Without:
+    every batch in order of length (evaluation; order does not change the metrics).
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, shuffle: bool, pool_batches: int = 50) -> None:
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.pool = batch_size * pool_batches
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+    def __iter__(self):
+        n, bs, key = len(self.lengths), self.batch_size, self.lengths.__getitem__
+        if not self.shuffle:
+            order = sorted(range(n), key=key)
+            yield from (order[i : i + bs] for i in range(0, n, bs))
+            return
+        g = torch.Generator().manual_seed(int(torch.empty((), dtype=torch.int64).random_().item()))
+        order = torch.randperm(n, generator=g).tolist()
+        batches = []
+        for start in range(0, n, self.pool):
+            pool = sorted(order[start : start + self.pool], key=key)
+            batches += [pool[i : i + bs] for i in range(0, len(pool), bs)]
+        for i in torch.randperm(len(batches), generator=g).tolist():
+            yield batches[i]
+
+
+def _user_cache_dir() -> Path:
+    base = os.environ.get("QSD_CACHE_DIR") or os.path.join(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "qsd_lightning")
+    return Path(base) / "vocab"
+
+
+def _writable(folder: Path) -> bool:
+    """A folder we may add files to: writable for us *and* not marked read-only by its mode
+    bits (root may write anywhere; shared read-only data stays untouched)."""
+    try:
+        return folder.is_dir() and os.access(folder, os.W_OK) and bool(folder.stat().st_mode & 0o222)
+    except OSError:
+        return False
+
+
+def _network_available(host: str = "huggingface.co", timeout: float = 3.0) -> tuple[bool, str]:
+    """False at once when the Hugging Face offline switches are set; else a quick TCP check."""
+    for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
+        if os.environ.get(var, "").strip().lower() in _OFFLINE_VALUES:
+            return False, f"{var}={os.environ[var]}"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True, ""
+    except OSError as err:
+        return False, f"cannot reach {host}: {err}"
+
+
+class SentimentDataModule(L.LightningDataModule):
+    """Sentiment classification from local files or the Hugging Face Hub; binary labels.
+
+    Sources (``format``; ``auto`` takes the first one found in ``data_dir``, in this order):
+
+    * ``tsv``: GLUE-style ``train.tsv`` and optionally ``dev.tsv`` / ``test.tsv`` with a header
+      naming a ``sentence`` (or ``text``) column and a ``label`` column (integers from 0).
+      Splits: train = ``train.tsv``; validation = ``dev.tsv``, or a seeded ``val_fraction`` of
+      train when there is none; test = ``test.tsv`` **if it has labels**. GLUE's test.tsv has
+      none (header ``index<TAB>sentence``): it is then ignored, **dev.tsv becomes the test set and
+      the validation set is split from train**. With neither dev nor a labelled test, validation
+      and test are both seeded ``val_fraction`` splits of train. ``split_note`` says which.
+    * ``aclimdb``: the Large Movie Review Dataset layout ``[aclImdb/]{train,test}/{pos,neg}/*.txt``
+      (label 1 = pos, 0 = neg), as a folder or read straight from an archive in ``data_dir``
+      (``*.tar.gz``, ``*.tgz``, ``*.tar.xz``, ``*.tar.bz2``, ``*.tar``; no extraction).
+      Validation is a seeded ``val_fraction`` of train; test = test.
+    * ``hf``: a Hugging Face dataset (``hf_name``, default ``stanfordnlp/imdb``: ``text`` and
+      ``label`` columns, train/test splits) saved under ``data_dir/hf/``. ``prepare_data``
+      downloads it when missing and ``download`` is true; offline (``HF_DATASETS_OFFLINE`` /
+      ``HF_HUB_OFFLINE``, or huggingface.co unreachable within 3 s) it fails at once with
+      :class:`DataNotFoundError` naming the directory and what to put there.
+
+    Texts are tokenised by :func:`~qsd_lightning.data.text.tokenize` and cut to their first
+    ``max_length`` tokens (an empty text becomes one ``<unk>``). The vocabulary (``<pad>`` = 0,
+    ``<unk>`` = 1, then at most ``max_vocab - 2`` training tokens seen ``min_freq`` times or more,
+    by frequency, ties alphabetical) is built from the training split only by ``prepare_data``
+    (rank 0) and saved as ``vocab-<name>-<hash>.json`` in ``data_dir``, or in ``cache_dir``
+    (default ``~/.cache/qsd_lightning/vocab``, or ``$QSD_CACHE_DIR/vocab``) when ``data_dir`` is
+    read-only; the hash covers the source files (names, sizes) and every setting that changes
+    it, so every process and every later run loads the same file. ``setup`` loads it and sets
+    ``vocab_size`` (which the model checks). Training batches are bucketed by length
+    (``bucket``) on a single device; under several processes Lightning's distributed sampler
+    is used instead. A missing file raises :class:`DataNotFoundError`, a truncated or corrupt
+    one :class:`CorruptDataError` naming it.
+    """
+
+    def __init__(
+        self,
+        data_dir: str = "data/imdb",
+        format: Format = "auto",
+        max_vocab: int = 25000,
+        min_freq: int = 2,
+        max_length: int = 400,
+        batch_size: int = 64,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        num_workers: int = 0,
+        download: bool = True,
+        bucket: bool = True,
+        cache_dir: Optional[str] = None,
+        hf_name: str = "stanfordnlp/imdb",
+    ) -> None:
+        super().__init__()
+        if format not in ("auto", "aclimdb", "tsv", "hf"):
+            raise ValueError(f"format must be auto, aclimdb, tsv or hf, got {format!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if max_length < 1:
+            raise ValueError(f"max_length must be >= 1, got {max_length}")
+        if min_freq < 1:
+            raise ValueError(f"min_freq must be >= 1, got {min_freq}")
+        if max_vocab < 3:
+            raise ValueError(f"max_vocab must be >= 3 (<pad>, <unk> and one token), got {max_vocab}")
+        if not 0 < val_fraction < 0.5:
+            raise ValueError(f"val_fraction must be in (0, 0.5), got {val_fraction}")
+        self.data_dir = Path(data_dir)
+        self.format = format
+        self.max_vocab = max_vocab
+        self.min_freq = min_freq
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.val_fraction = val_fraction
+        self.seed = seed
+        self.num_workers = num_workers
+        self.download = download
+        self.bucket = bucket
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.hf_name = hf_name
+        self.pad_index = PAD_INDEX
+        self.num_classes = 2
+        self.vocab: Vocabulary | None = None
+        self.vocab_size: int | None = None
+        self.split_note = ""
+        self.datasets: dict[str, EncodedTextDataset] = {}
+        self._raw: dict[str, Split] | None = None
+        self._source: tuple[str, list[Path]] | None = None
+
+    # ------------------------------------------------------------------ locating the data
+    @property
+    def hf_dir(self) -> Path:
+        return self.data_dir / "hf" / self.hf_name.replace("/", "___")
+
+    def _find_aclimdb_dir(self) -> Path | None:
+        for root in (self.data_dir / "aclImdb", self.data_dir):
+            if all((root / split / label).is_dir() for split in ("train", "test") for label in _LABELS):
+                return root
+        return None
+
+    def _find_archives(self) -> list[Path]:
+        if not self.data_dir.is_dir():
+            return []
+        return sorted(p for p in self.data_dir.iterdir() if p.is_file() and p.name.lower().endswith(_ARCHIVE_SUFFIXES))
+
+    def _locate(self) -> tuple[str, list[Path]] | None:
+        """``(kind, files)`` of the first source found for ``format``, or None."""
+        d = self.data_dir
+        if self.format in ("auto", "tsv") and (d / "train.tsv").is_file():
+            return "tsv", [p for p in (d / "train.tsv", d / "dev.tsv", d / "test.tsv") if p.is_file()]
+        if self.format in ("auto", "aclimdb"):
+            root = self._find_aclimdb_dir()
+            if root is not None:
+                return "aclimdb-dir", [root]
+            archives = self._find_archives()
+            if archives:
+                return "aclimdb-archive", archives[:1]
+        if self.format in ("auto", "hf") and (self.hf_dir / "dataset_dict.json").is_file():
+            return "hf", [self.hf_dir]
+        return None
+
+    def _missing_message(self, reason: str) -> str:
+        where = self.data_dir.resolve()
+        expect = {
+            "tsv": "GLUE-style train.tsv (and optionally dev.tsv, test.tsv) with a 'sentence<TAB>label' header",
+            "aclimdb": "the aclImdb layout [aclImdb/]{train,test}/{pos,neg}/*.txt, or an archive of it "
+            "(aclImdb_v1.tar.gz, *.tar.xz, *.tgz) in that directory",
+            "hf": f"a Hugging Face copy of {self.hf_name} saved by this module under {self.hf_dir}",
+        }
+        wanted = list(expect) if self.format == "auto" else [self.format]
+        how = []
+        if self.format in ("auto", "hf"):
+            how.append(f"run once with network access and --data.download true (downloads {self.hf_name} from the Hugging Face Hub)")
+        if self.format in ("auto", "aclimdb"):
+            how.append("download aclImdb_v1.tar.gz from https://ai.stanford.edu/~amaas/data/sentiment/ into that directory")
+        if self.format in ("auto", "tsv"):
+            how.append("copy GLUE's SST-2 train.tsv/dev.tsv there (https://gluebenchmark.com/tasks)")
+        how.append("or point --data.data_dir at a folder that has them (e.g. the project's shared/data/imdb or shared/data/sst2)")
+        return (
+            f"sentiment data not found in {where} ({reason}). Expected "
+            + "; or ".join(expect[k] for k in wanted)
+            + ". To get it: "
+            + "; ".join(how)
+            + "."
+        )
+
+    def _source_or_raise(self) -> tuple[str, list[Path]]:
+        if self._source is None:
+            found = self._locate()
+            if found is None:
+                reason = "directory does not exist" if not self.data_dir.exists() else "no matching files"
+                raise DataNotFoundError(self._missing_message(reason))
+            self._source = found
+        return self._source
+
+    # ------------------------------------------------------------------ download (hf)
+    def _download_hf(self) -> None:
+        ok, why = _network_available()
+        if not ok:
+            raise DataNotFoundError(self._missing_message(f"offline: {why}"))
+        try:
+            import datasets
+
+            ds = datasets.load_dataset(self.hf_name, cache_dir=str(self.data_dir / "hf" / "cache"))
+            ds = datasets.DatasetDict({k: ds[k] for k in ("train", "test")})
+            ds.save_to_disk(str(self.hf_dir))
+        except Exception as err:  # no network, refused, not found, HTTP error
+            raise DataNotFoundError(self._missing_message(f"download of {self.hf_name} failed: {err}")) from err
+
+    def prepare_data(self) -> None:
+        """Rank 0: download when needed (``hf``) and build + save the vocabulary if absent."""
+        if self._locate() is None:
+            if self.download and self.format in ("auto", "hf"):
+                self._download_hf()
+            else:
+                reason = "no matching files" + ("" if self.download else ", download is off")
+                raise DataNotFoundError(self._missing_message(reason))
+        if self._find_vocab() is None:
+            self._build_vocab()
+
+    # ------------------------------------------------------------------ reading
+    def _read_raw(self) -> dict[str, Split]:
+        if self._raw is None:
+            kind, files = self._source_or_raise()
+            if kind == "tsv":
+                self._raw = self._read_tsv_splits(files)
+            else:
+                if kind == "aclimdb-dir":
+                    parts = _read_aclimdb_dir(files[0])
+                elif kind == "aclimdb-archive":
+                    parts = _read_aclimdb_archive(files[0])
+                else:
+                    parts = self._read_hf()
+                self._raw = self._split_train(parts["train"], test=parts["test"])
+                self.split_note = f"train/val: seeded {self.val_fraction:g} split of the training set; test: test set"
+            labels = [y for _, ys in self._raw.values() for y in ys]
+            self.num_classes = max(2, max(labels) + 1)
+        return self._raw
+
+    def _split_train(self, train: Split, test: Split | None) -> dict[str, Split]:
+        texts, labels = train
+        fractions = (self.val_fraction,) if test is not None else (self.val_fraction, self.val_fraction)
+        parts = [sorted(p.tolist()) for p in seeded_split(len(texts), fractions, self.seed)]
+        if min(len(p) for p in parts) == 0:
+            raise CorruptDataError(f"{len(texts)} training examples in {self.data_dir} are too few to split off validation data")
+
+        def take(idx: list[int]) -> Split:
+            return [texts[i] for i in idx], [labels[i] for i in idx]
+
+        out = {"train": take(parts[-1]), "val": take(parts[0])}
+        out["test"] = test if test is not None else take(parts[1])
+        return out
+
+    def _read_tsv_splits(self, files: list[Path]) -> dict[str, Split]:
+        by_name = {p.name: p for p in files}
+        train = _read_tsv(by_name["train.tsv"])
+        dev = _read_tsv(by_name["dev.tsv"]) if "dev.tsv" in by_name else None
+        test = _read_tsv(by_name["test.tsv"]) if "test.tsv" in by_name else None
+        if train[1] is None:
+            raise CorruptDataError(f"{by_name['train.tsv']} has no 'label' column")
+        if dev is not None and dev[1] is None:
+            raise CorruptDataError(f"{by_name['dev.tsv']} has no 'label' column")
+        unlabelled = " (test.tsv has no labels: ignored)" if test is not None and test[1] is None else ""
+        if test is not None and test[1] is None:
+            test = None
+        if dev is not None and test is not None:
+            self.split_note = "train: train.tsv; val: dev.tsv; test: test.tsv"
+            return {"train": train, "val": dev, "test": test}
+        if dev is not None:
+            self.split_note = f"train/val: seeded {self.val_fraction:g} split of train.tsv; test: dev.tsv{unlabelled}"
+            return self._split_train(train, test=dev)
+        if test is not None:
+            self.split_note = f"train/val: seeded {self.val_fraction:g} split of train.tsv; test: test.tsv"
+            return self._split_train(train, test=test)
+        self.split_note = f"train/val/test: seeded {self.val_fraction:g}/{self.val_fraction:g} splits of train.tsv{unlabelled}"
+        return self._split_train(train, test=None)
+
+    def _read_hf(self) -> dict[str, Split]:
+        import datasets
+
+        try:
+            ds = datasets.load_from_disk(str(self.hf_dir))
+            return {split: (list(ds[split]["text"]), [int(y) for y in ds[split]["label"]]) for split in ("train", "test")}
+        except Exception as err:
+            raise CorruptDataError(f"cannot read the Hugging Face dataset saved in {self.hf_dir}: {err}; delete it to download again") from err
+
+    # ------------------------------------------------------------------ vocabulary
+    def _vocab_settings(self) -> dict:
+        kind, files = self._source_or_raise()
+        fingerprint = []
+        for f in files:
+            if kind == "aclimdb-dir":  # number of reviews per folder (not other files: our vocabularies live there too)
+                counts = [sum(1 for _ in (f / s / lab).glob("*.txt")) for s in ("train", "test") for lab in _LABELS]
+                fingerprint.append(["aclImdb", counts])
+            elif f.is_dir():
+                fingerprint.append([f.name, sorted(p.name for p in f.iterdir())])
+            else:
+                fingerprint.append([f.name, f.stat().st_size])
+        return {
+            "source": kind.split("-")[0],
+            "files": fingerprint,
+            "max_vocab": self.max_vocab,
+            "min_freq": self.min_freq,
+            "val_fraction": self.val_fraction,
+            "seed": self.seed,
+            "tokenizer": TOKENIZER_VERSION,
+        }
+
+    def _vocab_name(self, settings: dict) -> str:
+        digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+        return f"vocab-{settings['source']}-{digest}.json"
+
+    def _vocab_dirs(self) -> list[Path]:
+        return [self.data_dir, self.cache_dir or _user_cache_dir()]
+
+    def _find_vocab(self) -> Path | None:
+        settings = self._vocab_settings()
+        name = self._vocab_name(settings)
+        for folder in self._vocab_dirs():
+            path = folder / name
+            if path.is_file() and Vocabulary.load(path).settings == json.loads(json.dumps(settings)):
+                return path
+        return None
+
+    @property
+    def vocab_path(self) -> Path | None:
+        """Where the vocabulary for the current settings is saved (None until it is)."""
+        return self._find_vocab()
+
+    def _build_vocab(self) -> Vocabulary:
+        settings = self._vocab_settings()
+        train_texts = self._read_raw()["train"][0]
+        vocab = Vocabulary.build((tokenize(t) for t in train_texts), self.max_vocab, self.min_freq, settings)
+        name = self._vocab_name(settings)
+        for folder in self._vocab_dirs():
+            if folder == self.data_dir and not _writable(folder):
+                continue
+            try:
+                vocab.save(folder / name)
+                rank_zero_info(f"SentimentDataModule: saved a {len(vocab)}-token vocabulary to {folder / name}")
+                break
+            except OSError:  # read-only data_dir: try the cache dir
+                continue
+        else:
+            rank_zero_warn(f"SentimentDataModule: could not save the vocabulary in any of {[str(d) for d in self._vocab_dirs()]}; "
+                           "every process builds its own (the same, deterministically)")
+        return vocab
+
+    # ------------------------------------------------------------------ setup and loaders
+    def _encode(self, vocab: Vocabulary, texts: list[str]) -> list[Tensor]:
+        out = []
+        for text in texts:
+            ids = vocab.encode(tokenize(text)[: self.max_length]) or [UNK_INDEX]
+            out.append(torch.tensor(ids, dtype=torch.int32))
+        return out
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.datasets:
+            return
+        raw = self._read_raw()
+        path = self._find_vocab()
+        vocab = Vocabulary.load(path) if path is not None else self._build_vocab()
+        self.vocab, self.vocab_size = vocab, len(vocab)
+        for split, (texts, labels) in raw.items():
+            self.datasets[split] = EncodedTextDataset(self._encode(vocab, texts), torch.tensor(labels, dtype=torch.long))
+        self._raw = None  # the encoded tensors are all we keep
+        sizes = ", ".join(f"{k} {len(v)}" for k, v in self.datasets.items())
+        rank_zero_info(f"SentimentDataModule: {self.data_dir} ({self._source[0]}): {sizes}; {self.split_note}; vocabulary {len(vocab)}")
+
+    def _distributed(self) -> bool:
+        trainer = getattr(self, "trainer", None)
+        return trainer is not None and trainer.world_size > 1
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if split not in self.datasets:
+            raise RuntimeError("SentimentDataModule.setup() must run before its dataloaders are used")
+        data = self.datasets[split]
+        common = dict(collate_fn=pad_collate, num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        if self.bucket and not self._distributed():
+            return DataLoader(data, batch_sampler=BucketBatchSampler(data.lengths, self.batch_size, shuffle), **common)
+        return DataLoader(data, batch_size=self.batch_size, shuffle=shuffle, **common)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+
+# ---------------------------------------------------------------------- file readers
+def _decode(raw: bytes, name: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise CorruptDataError(f"{name} is not valid UTF-8 ({err}): corrupt file?") from err
+
+
+def _collect(found: dict[tuple[str, int], list[tuple[str, str]]], origin: str) -> dict[str, Split]:
+    """Sorted (by file name) texts and labels of train and test; both must have both labels."""
+    out: dict[str, Split] = {}
+    for split in ("train", "test"):
+        items = []
+        for label in (0, 1):
+            docs = found.get((split, label), [])
+            if not docs:
+                folder = f"{split}/{'neg' if label == 0 else 'pos'}"
+                raise CorruptDataError(f"{origin} has no reviews in {folder}/: incomplete aclImdb copy?")
+            items += [(name, label, text) for name, text in docs]
+        items.sort(key=lambda t: (t[1], t[0]))
+        out[split] = ([t[2] for t in items], [t[1] for t in items])
+    return out
+
+
+def _read_aclimdb_dir(root: Path) -> dict[str, Split]:
+    found: dict[tuple[str, int], list[tuple[str, str]]] = {}
+    for split in ("train", "test"):
+        for label_name, label in _LABELS.items():
+            docs = found.setdefault((split, label), [])
+            for path in sorted((root / split / label_name).glob("*.txt")):
+                try:
+                    raw = path.read_bytes()
+                except OSError as err:
+                    raise CorruptDataError(f"cannot read {path}: {err}") from err
+                docs.append((path.name, _decode(raw, str(path))))
+    return _collect(found, str(root))
+
+
+def _read_aclimdb_archive(path: Path) -> dict[str, Split]:
+    found: dict[tuple[str, int], list[tuple[str, str]]] = {}
+    try:
+        with tarfile.open(path, "r|*") as archive:  # streaming: one pass, no seeks
+            for member in archive:
+                match = _ACLIMDB_MEMBER.search(member.name)
+                if not (match and member.isfile()):
+                    continue
+                raw = archive.extractfile(member).read()
+                if len(raw) != member.size:
+                    raise EOFError(f"{member.name} is cut short")
+                split, label_name, name = match.groups()
+                found.setdefault((split, _LABELS[label_name]), []).append((name, _decode(raw, f"{path}:{member.name}")))
+    except (tarfile.TarError, EOFError, OSError, lzma.LZMAError, zlib.error) as err:
+        raise CorruptDataError(f"cannot read archive {path}: {err} (truncated or corrupt? copy or download it again)") from err
+    return _collect(found, f"archive {path}")
+
+
+def _read_tsv(path: Path) -> tuple[list[str], list[int] | None]:
+    """Texts and labels (None when the header has no ``label`` column) of one TSV file."""
+    try:
+        lines = _decode(path.read_bytes(), str(path)).splitlines()
+    except OSError as err:
+        raise CorruptDataError(f"cannot read {path}: {err}") from err
+    if not lines:
+        raise CorruptDataError(f"{path} is empty (expected a 'sentence<TAB>label' header line)")
+    header = [h.strip().lower() for h in lines[0].split("\t")]
+    text_col = next((header.index(c) for c in _TEXT_COLUMNS if c in header), None)
+    if text_col is None:
+        raise CorruptDataError(f"{path}: header {lines[0]!r} names no 'sentence' column (expected 'sentence<TAB>label')")
+    label_col = header.index("label") if "label" in header else None
+    texts, labels = [], []
+    for lineno, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) != len(header):
+            raise CorruptDataError(f"{path}:{lineno}: {len(fields)} tab-separated fields, header has {len(header)}: truncated or corrupt?")
+        texts.append(fields[text_col].strip())
+        if label_col is not None:
+            value = fields[label_col].strip()
+            if not value.isdigit():
+                raise CorruptDataError(f"{path}:{lineno}: label {value!r} is not an integer >= 0")
+            labels.append(int(value))
+    if not texts:
+        raise CorruptDataError(f"{path} has a header but no examples")
+    return texts, labels if label_col is not None else None

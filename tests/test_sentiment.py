@@ -1,0 +1,311 @@
+"""Recurrent sentiment classifier: model, data module (aclImdb tree / archive / TSV), configs.
+
+All data is tiny and generated in tmp_path in the real formats; nothing touches the network.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from qsd_lightning.data import CorruptDataError, DataNotFoundError
+from qsd_lightning.data.sentiment import BucketBatchSampler, SentimentDataModule
+from qsd_lightning.data.text import Vocabulary, tokenize
+from qsd_lightning.models.sentiment import RecurrentClassifier
+from qsd_lightning.regularisers import QSD, Dropout
+from qsd_lightning.tasks.sentiment import SentimentClassifier, sequence_site_factory
+
+from .conftest import CONFIGS
+
+POS = ["great", "wonderful", "superb", "loved", "moving"]
+NEG = ["awful", "boring", "terrible", "hated", "dull"]
+FILLER = ["the", "film", "a", "plot", "actor", "was", "and", "it", "story", "scene", "music", "isn't"]
+SMALL = ["--model.embedding_dim=8", "--model.hidden_size=8", "--data.batch_size=8", "--data.min_freq=1"]
+
+
+def review(rng: random.Random, label: int) -> str:
+    words = rng.choices(FILLER, k=rng.randint(2, 25)) + rng.choices(POS if label else NEG, k=2)
+    rng.shuffle(words)
+    return " ".join(words).capitalize() + ".<br /><br />The End!"
+
+
+def write_aclimdb(root: Path, per_folder: int = 12, seed: int = 0) -> Path:
+    """``root/aclImdb/{train,test}/{pos,neg}/<id>_<rating>.txt``."""
+    rng = random.Random(seed)
+    for split in ("train", "test"):
+        for name, label in (("pos", 1), ("neg", 0)):
+            folder = root / "aclImdb" / split / name
+            folder.mkdir(parents=True)
+            for i in range(per_folder):
+                rating = rng.choice([7, 8, 9, 10] if label else [1, 2, 3, 4])
+                (folder / f"{i}_{rating}.txt").write_text(review(rng, label), encoding="utf-8")
+    return root
+
+
+def write_archive(tree: Path, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = "w:xz" if path.name.endswith(".xz") else "w:gz"
+    with tarfile.open(path, mode) as tar:
+        tar.add(tree / "aclImdb", arcname="aclImdb")
+    return path
+
+
+def write_tsv(root: Path, n_train: int = 60, dev: bool = True, test: str | None = "glue", seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
+
+    def rows(n):
+        return [(review(rng, i % 2).lower().replace("<br /><br />", " "), i % 2) for i in range(n)]
+
+    (root / "train.tsv").write_text("sentence\tlabel\n" + "".join(f"{s} \t{y}\n" for s, y in rows(n_train)), encoding="utf-8")
+    if dev:
+        (root / "dev.tsv").write_text("sentence\tlabel\n" + "".join(f"{s} \t{y}\n" for s, y in rows(16)), encoding="utf-8")
+    if test == "glue":  # GLUE's test.tsv: no labels
+        (root / "test.tsv").write_text("index\tsentence\n" + "".join(f"{i}\t{s}\n" for i, (s, _) in enumerate(rows(10))), encoding="utf-8")
+    elif test == "labelled":
+        (root / "test.tsv").write_text("sentence\tlabel\n" + "".join(f"{s}\t{y}\n" for s, y in rows(14)), encoding="utf-8")
+    return root
+
+
+@pytest.fixture(scope="module")
+def imdb_tree(tmp_path_factory) -> Path:
+    return write_aclimdb(tmp_path_factory.mktemp("imdb_tree"))
+
+
+# ---------------------------------------------------------------------- configs through the CLI
+def test_imdb_config_fits_on_aclimdb_tree(run_cli, tmp_path):
+    data = write_aclimdb(tmp_path / "imdb")
+    cli = run_cli("fit", "--config", str(CONFIGS / "rnn_imdb.yaml"), "--trainer.fast_dev_run=true", f"--data.data_dir={data}", *SMALL)
+    assert cli.datamodule.vocab_size == cli.model.vocab_size == cli.model.hparams["vocab_size"]
+    assert len(cli.datamodule.datasets["test"]) == 24 and len(cli.datamodule.datasets["train"]) + len(cli.datamodule.datasets["val"]) == 24
+    assert cli.datamodule.vocab_path.parent == data  # saved beside the data
+    assert cli.trainer.state.finished
+
+
+@pytest.mark.parametrize("archive", ["aclImdb_v1.tar.gz", "imdb.tar.xz"])
+def test_imdb_archive_gru_bidirectional(run_cli, imdb_tree, tmp_path, archive):
+    path = write_archive(imdb_tree, tmp_path / "data" / archive)
+    cli = run_cli(
+        "fit", "--config", str(CONFIGS / "rnn_imdb.yaml"), "--trainer.fast_dev_run=true", f"--data.data_dir={path.parent}",
+        "--model.cell=gru", "--model.bidirectional=true", "--model.num_layers=2", *SMALL,
+    )
+    net = cli.model.net
+    assert isinstance(net.rnns[0], torch.nn.GRU) and net.rnns[0].bidirectional and len(net.rnns) == 2
+    assert cli.datamodule._source[0] == "aclimdb-archive"
+
+
+def test_sst2_config_qsd_locked(run_cli, tmp_path):
+    data = write_tsv(tmp_path / "sst2")
+    cli = run_cli(
+        "fit", "--config", str(CONFIGS / "rnn_sst2.yaml"), "--trainer.fast_dev_run=true", f"--data.data_dir={data}",
+        "--model.regulariser", "qsd", "--model.regulariser.gamma=2", "--model.locked=true", "--model.num_layers=2",
+        "--model.output_rate=0.2", "--model.pooling=max", *SMALL,
+    )
+    net, dm = cli.model.net, cli.datamodule
+    assert isinstance(net.embedding_reg, QSD) and net.embedding_reg.locked_dims == (1,) and net.embedding_reg.unit_dims == (-1,)
+    assert isinstance(net.hidden_regs[0], QSD) and net.hidden_regs[0].rate == 0.5 and net.hidden_regs[0].gamma == 2.0
+    assert isinstance(net.output_reg, QSD) and net.output_reg.rate == 0.2 and net.output_reg.locked_dims == ()
+    assert net.embedding_reg.steps_taken == 1  # one training step went through QSD
+    # GLUE's unlabelled test.tsv is ignored: dev is the test set, val is split from train
+    assert len(dm.datasets["test"]) == 16 and len(dm.datasets["train"]) + len(dm.datasets["val"]) == 60
+    assert "test: dev.tsv" in dm.split_note
+
+
+def test_vocab_size_mismatch_is_a_clear_error(run_cli, tmp_path):
+    data = write_tsv(tmp_path / "sst2")
+    with pytest.raises(ValueError, match=r"vocab_size is 7 but the data module's vocabulary has \d+"):
+        run_cli("fit", "--config", str(CONFIGS / "rnn_sst2.yaml"), "--trainer.fast_dev_run=true", f"--data.data_dir={data}", "--model.vocab_size=7", *SMALL)
+
+
+def test_fit_then_test_from_checkpoint(run_cli, tmp_path):
+    data = write_tsv(tmp_path / "sst2", test="labelled")
+    args = ["--config", str(CONFIGS / "rnn_sst2.yaml"), f"--data.data_dir={data}", *SMALL]
+    cli = run_cli("fit", *args, "--trainer.max_epochs=1", "--trainer.logger=false")
+    ckpt = cli.trainer.checkpoint_callback.best_model_path
+    assert ckpt and torch.load(ckpt, weights_only=False)["hyper_parameters"]["vocab_size"] == cli.datamodule.vocab_size
+    cli = run_cli("test", *args, f"--ckpt_path={ckpt}", "--trainer.logger=false")
+    assert "test/acc" in cli.trainer.callback_metrics
+    assert len(cli.datamodule.datasets["test"]) == 14 and len(cli.datamodule.datasets["val"]) == 16
+
+
+# ---------------------------------------------------------------------- model
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("pooling", ["last", "max", "mean"])
+def test_padding_does_not_change_logits(cell, bidirectional, pooling):
+    torch.manual_seed(0)
+    net = RecurrentClassifier(50, 2, 8, 8, num_layers=2, cell=cell, bidirectional=bidirectional, pooling=pooling,
+                              embedding_regulariser=Dropout, hidden_regulariser=Dropout, output_regulariser=Dropout,
+                              embedding_rate=0.5, hidden_rate=0.5, output_rate=0.5).eval()
+    seqs = [torch.randint(2, 50, (n,)) for n in (5, 1, 9, 3)]
+    alone = torch.cat([net(s[None], torch.tensor([len(s)])) for s in seqs])
+    for extra in (0, 7):  # padded to the longest, then with extra padding columns
+        tokens = torch.zeros(len(seqs), 9 + extra, dtype=torch.long)
+        for i, s in enumerate(seqs):
+            tokens[i, : len(s)] = s
+        lengths = torch.tensor([len(s) for s in seqs])
+        torch.testing.assert_close(net(tokens, lengths), alone, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(net(tokens), alone, rtol=1e-5, atol=1e-6)  # lengths from the padding
+
+
+def test_sites_rates_and_identity():
+    net = RecurrentClassifier(20, 2, 4, 4, num_layers=3, embedding_regulariser=Dropout, hidden_regulariser=Dropout,
+                              output_regulariser=Dropout, embedding_rate=0.1, hidden_rate=0.0, output_rate=0.3)
+    assert net.embedding_reg.rate == 0.1 and net.output_reg.rate == 0.3
+    assert len(net.hidden_regs) == 2 and all(isinstance(m, torch.nn.Identity) for m in net.hidden_regs)
+    with pytest.raises(ValueError, match="length >= 1"):
+        net(torch.zeros(2, 3, dtype=torch.long), torch.tensor([3, 0]))
+
+
+def test_locked_site_masks_every_time_step_alike():
+    torch.manual_seed(0)
+    for template in (Dropout(rate=0.5), QSD(rate=0.5, gamma=1.0)):
+        site = sequence_site_factory(template, locked=True)(0.5).train()
+        y = site(torch.ones(4, 6, 10))
+        assert torch.equal(y, y[:, :1].expand_as(y)) and (y == 0).any()
+        free = sequence_site_factory(template, locked=False)(0.5).train()
+        z = free(torch.ones(4, 6, 10))
+        assert not torch.equal(z, z[:, :1].expand_as(z))
+
+
+def test_task_rates_default_to_template_rate():
+    task = SentimentClassifier(vocab_size=30, embedding_dim=4, hidden_size=4, num_layers=2,
+                               regulariser=QSD(rate=0.4), hidden_rate=0.1, output_rate=0.0)
+    net = task.net
+    assert net.embedding_reg.rate == 0.4 and net.hidden_regs[0].rate == 0.1 and isinstance(net.output_reg, torch.nn.Identity)
+    tokens = torch.tensor([[3, 4, 5], [6, 0, 0]])
+    assert task((tokens, torch.tensor([3, 1]))).shape == (2, 2)
+    assert task.predict_step((tokens, torch.tensor([3, 1]), torch.tensor([0, 1])), 0).shape == (2,)
+
+
+# ---------------------------------------------------------------------- data
+def test_tokenizer():
+    assert tokenize("A <br />GREAT film,<br/>isn't it?!") == ["a", "great", "film", ",", "isn't", "it", "?", "!"]
+
+
+def test_vocabulary_is_deterministic_ties_alphabetical(tmp_path):
+    docs = [["b", "a", "c"], ["c", "a", "b", "d"], ["z"]]
+    vocab = Vocabulary.build(docs, max_size=5, min_freq=1)
+    assert vocab.tokens == ["<pad>", "<unk>", "a", "b", "c"]  # a, b, c tie at 2; d and z cut
+    assert Vocabulary.build(reversed(docs), max_size=5).tokens == vocab.tokens
+    assert Vocabulary.build(docs, max_size=100, min_freq=2).tokens == ["<pad>", "<unk>", "a", "b", "c"]
+    vocab.save(tmp_path / "v.json")
+    assert Vocabulary.load(tmp_path / "v.json") == vocab
+
+
+def test_vocabulary_file_saved_once_and_reloaded(tmp_path, imdb_tree, monkeypatch):
+    first = write_archive(imdb_tree, tmp_path / "a" / "aclImdb_v1.tar.gz").parent
+    second = write_archive(imdb_tree, tmp_path / "b" / "aclImdb_v1.tar.gz").parent
+    for folder in (first, second):
+        dm = SentimentDataModule(str(folder), min_freq=1, max_vocab=20, batch_size=4)
+        dm.prepare_data()
+    files = [sorted(f.glob("vocab-*.json")) for f in (first, second)]
+    assert len(files[0]) == 1 and files[0][0].name == files[1][0].name
+    assert files[0][0].read_bytes() == files[1][0].read_bytes()  # same data, same settings: same file
+    saved = json.loads(files[0][0].read_text())
+    assert saved["settings"]["max_vocab"] == 20 and len(saved["tokens"]) == 20
+    # a later run (every other process) loads it instead of building it
+    monkeypatch.setattr(Vocabulary, "build", classmethod(lambda *a, **k: pytest.fail("vocabulary rebuilt")))
+    dm = SentimentDataModule(str(first), min_freq=1, max_vocab=20, batch_size=4)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert dm.vocab.tokens == saved["tokens"] and dm.vocab_size == 20
+    # the folder tree yields the same vocabulary as the archive of it
+    monkeypatch.undo()
+    tree = SentimentDataModule(str(imdb_tree), min_freq=1, max_vocab=20)
+    tree.setup()
+    assert tree.vocab.tokens == saved["tokens"]
+    # other settings: another file
+    other = SentimentDataModule(str(first), min_freq=1, max_vocab=15)
+    other.prepare_data()
+    assert len(list(first.glob("vocab-*.json"))) == 2
+
+
+def test_read_only_data_dir_saves_vocabulary_in_cache_dir(tmp_path):
+    data = write_tsv(tmp_path / "ro")
+    data.chmod(0o555)
+    try:
+        dm = SentimentDataModule(str(data), format="tsv", cache_dir=str(tmp_path / "cache"), min_freq=1)
+        dm.prepare_data()
+        dm.setup()
+        assert dm.vocab_path.parent == tmp_path / "cache" and not list(data.glob("vocab-*"))
+    finally:
+        data.chmod(0o755)
+
+
+def test_tsv_splits(tmp_path):
+    dm = SentimentDataModule(str(write_tsv(tmp_path / "a", dev=True, test="labelled")), min_freq=1)
+    dm.setup()
+    assert [len(dm.datasets[k]) for k in ("train", "val", "test")] == [60, 16, 14]
+    dm = SentimentDataModule(str(write_tsv(tmp_path / "b", dev=False, test="glue")), min_freq=1, val_fraction=0.1)
+    dm.setup()
+    assert [len(dm.datasets[k]) for k in ("train", "val", "test")] == [48, 6, 6] and "splits of train.tsv" in dm.split_note
+    tokens, lengths, labels = next(iter(dm.train_dataloader()))
+    assert tokens.shape[0] == lengths.shape[0] == labels.shape[0] and tokens.shape[1] == int(lengths.max())
+    assert (tokens[torch.arange(len(lengths)), lengths - 1] != 0).all()
+
+
+def test_bucket_sampler_covers_every_index_once():
+    lengths = [random.Random(1).randint(1, 50) for _ in range(103)]
+    for shuffle in (False, True):
+        batches = list(BucketBatchSampler(lengths, 8, shuffle=shuffle, pool_batches=3))
+        assert len(batches) == len(BucketBatchSampler(lengths, 8, shuffle)) == 13
+        assert sorted(i for b in batches for i in b) == list(range(103))
+
+
+def test_offline_without_files_fails_at_once(tmp_path, monkeypatch):
+    start = time.monotonic()
+    dm = SentimentDataModule(str(tmp_path / "nothing"), download=True)
+    with pytest.raises(DataNotFoundError) as err:
+        dm.prepare_data()
+    message = str(err.value)
+    assert str((tmp_path / "nothing").resolve()) in message
+    assert all(s in message for s in ("aclImdb", "train.tsv", "--data.download", "stanfordnlp/imdb", "HF_DATASETS_OFFLINE"))
+    # not marked offline, but no network: a quick connection check, no hang
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+    def refuse(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr("socket.create_connection", refuse)
+    with pytest.raises(DataNotFoundError, match="cannot reach huggingface.co"):
+        SentimentDataModule(str(tmp_path / "nothing"), format="hf").prepare_data()
+    with pytest.raises(DataNotFoundError, match="download is off"):
+        SentimentDataModule(str(tmp_path), format="aclimdb", download=False).prepare_data()
+    assert time.monotonic() - start < 10
+
+
+def test_corrupt_archive_names_the_file(tmp_path, imdb_tree):
+    for name in ("aclImdb_v1.tar.gz", "imdb.tar.xz"):
+        path = write_archive(imdb_tree, tmp_path / name.split(".")[0] / name)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # truncated download
+        with pytest.raises(CorruptDataError, match=str(path)):
+            SentimentDataModule(str(path.parent)).prepare_data()
+    garbage = tmp_path / "garbage" / "aclImdb_v1.tar.gz"
+    garbage.parent.mkdir()
+    garbage.write_bytes(b"not an archive at all" * 10)
+    with pytest.raises(CorruptDataError, match=str(garbage)):
+        SentimentDataModule(str(garbage.parent)).prepare_data()
+
+
+def test_corrupt_tsv_names_file_and_line(tmp_path):
+    data = write_tsv(tmp_path / "bad")
+    with open(data / "train.tsv", "a", encoding="utf-8") as f:
+        f.write("a line without a label\n")
+    with pytest.raises(CorruptDataError, match=r"train\.tsv:62"):
+        SentimentDataModule(str(data)).prepare_data()
+
+
+def test_vocabulary_found_again_when_data_dir_is_the_aclimdb_root(tmp_path):
+    root = write_aclimdb(tmp_path) / "aclImdb"  # train/ and test/ directly in data_dir
+    SentimentDataModule(str(root), min_freq=1).prepare_data()
+    assert len(list(root.glob("vocab-*.json"))) == 1
+    assert SentimentDataModule(str(root), min_freq=1).vocab_path is not None
