@@ -74,10 +74,11 @@ class WandbLogger(_LightningWandbLogger):
 
     def __init__(self, project: str = "qsd-lightning", save_dir: str = "runs", offline: bool = False, **kwargs: Any) -> None:
         mode, reason = wandb_mode(offline)
+        save_dir = str(Path(save_dir).resolve())  # wandb caches its first working directory
         Path(save_dir).mkdir(parents=True, exist_ok=True)
         if reason:
             _say(
-                f"W&B: {reason}; logging offline to {Path(save_dir).resolve() / 'wandb'}. "
+                f"W&B: {reason}; logging offline to {Path(save_dir) / 'wandb'}. "
                 f"Sync later with: wandb sync {Path(save_dir) / 'wandb'}/offline-run-*"
             )
         super().__init__(project=project, save_dir=save_dir, offline=mode == "offline", mode=mode, **kwargs)
