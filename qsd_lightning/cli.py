@@ -10,6 +10,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import torch
+
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.callbacks.progress import ProgressBar as ProgressBarBase
@@ -18,14 +20,44 @@ from . import callbacks as _callbacks  # noqa: F401
 from . import data as _data  # noqa: F401  (makes the data modules resolvable by class name)
 from . import regularisers as _regularisers  # noqa: F401  (registry aliases)
 from . import tasks as _tasks  # noqa: F401  (makes the models resolvable by class name)
-from .callbacks import ProgressBar
+from .callbacks import ProgressBar, RankNoiseSeed, RNGStateCheckpoint
 from .cli_errors import ConciseArgumentParser
 from .data import CorruptDataError, DataNotFoundError
-from .tracking import LoggerSaveConfigCallback, WandbLogger, run_id_from_checkpoint
+from .tracking import CHECKPOINT_KEY, LoggerSaveConfigCallback, WandbLogger
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that does not exist or does not fit the model."""
+    """A checkpoint that does not exist, cannot be read, or does not fit the model."""
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # truncated, not a checkpoint
+        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(f"{path} is not a Lightning checkpoint (no state_dict)")
+    return checkpoint
+
+
+def check_checkpoint_fits(checkpoint: dict, model: torch.nn.Module, path: str | Path) -> None:
+    """Raise :class:`CheckpointError` naming what differs if the weights do not fit ``model``."""
+    saved, expected = checkpoint["state_dict"], model.state_dict()
+    missing = sorted(set(expected) - set(saved))
+    unexpected = sorted(set(saved) - set(expected))
+    shapes = sorted(
+        k for k in set(saved) & set(expected)
+        if hasattr(saved[k], "shape") and hasattr(expected[k], "shape") and saved[k].shape != expected[k].shape
+    )
+    if missing or unexpected or shapes:
+        def few(keys: list[str]) -> str:
+            return ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
+
+        parts = [f"{name}: {few(keys)}" for name, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)) if keys]
+        raise CheckpointError(
+            f"checkpoint {path} does not fit {type(model).__name__} as configured ({'; '.join(parts)}). "
+            "It was saved by another architecture or configuration: use the config it was trained with."
+        )
 
 __all__ = ["QSDLightningCLI", "cli_main", "main"]
 
@@ -38,6 +70,24 @@ class QSDLightningCLI(LightningCLI):
     one-line argument errors, the resolved config in W&B, and W&B runs that resume with
     ``--ckpt_path``."""
 
+    def _parse_ckpt_path(self) -> None:
+        """Refuse a checkpoint of another architecture before Lightning applies its hparams.
+
+        For the same class, Lightning rebuilds the model with the hyper-parameters saved in
+        the checkpoint (regulariser included), so a resumed run continues the same model.
+        """
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and ckpt_path != "last" and Path(ckpt_path).is_file():
+            saved = load_checkpoint(ckpt_path).get("hyper_parameters", {}).get("_class_path")
+            configured = self.config[subcommand].get("model.class_path")
+            if saved and configured and saved != configured:
+                raise CheckpointError(
+                    f"checkpoint {ckpt_path} holds a {saved.rsplit('.', 1)[-1]} but the config builds a "
+                    f"{configured.rsplit('.', 1)[-1]}: use the config the checkpoint was trained with"
+                )
+        super()._parse_ckpt_path()
+
     def _resume_tracking(self) -> None:
         """Resolve ``--ckpt_path last`` to a file and continue the W&B run stored in it."""
         config = self.config_init[self.subcommand]
@@ -45,29 +95,36 @@ class QSDLightningCLI(LightningCLI):
         if not ckpt_path:
             return
         if ckpt_path == "last":
-            found = sorted(
-                Path(self.trainer.default_root_dir).rglob("last*.ckpt"), key=lambda p: p.stat().st_mtime
-            )
+            roots = {Path(self.trainer.default_root_dir)}
+            roots |= {Path(lg.save_dir) for lg in self.trainer.loggers if getattr(lg, "save_dir", None)}
+            found = sorted((p for root in roots for p in root.rglob("last*.ckpt")), key=lambda p: p.stat().st_mtime)
             if not found:
-                return  # let Lightning report it
+                raise CheckpointError(
+                    f"--ckpt_path last: no last.ckpt under {', '.join(sorted(map(str, roots)))}; "
+                    "give the checkpoint's path instead"
+                )
             ckpt_path = config["ckpt_path"] = str(found[-1])
         if not Path(ckpt_path).is_file():
             raise CheckpointError(f"checkpoint {ckpt_path} does not exist")
-        run_id = run_id_from_checkpoint(ckpt_path)
+        checkpoint = load_checkpoint(ckpt_path)
+        check_checkpoint_fits(checkpoint, self.model, ckpt_path)
+        run_id = checkpoint.get(CHECKPOINT_KEY)
         if run_id:
             for logger in self.trainer.loggers:
                 if isinstance(logger, WandbLogger):
                     logger.continue_run(run_id)
 
     def _instantiate_trainer(self, config: dict, callbacks: list):
-        """Add the log-file-friendly :class:`ProgressBar` unless bars are off or one is given."""
+        """Add the project's always-on callbacks: per-rank noise seeds, random states in
+        checkpoints, and the log-file-friendly :class:`ProgressBar` (unless bars are off or
+        another progress bar is given)."""
         given = config.get("callbacks") or []
         given = given if isinstance(given, list) else [given]
-        if config.get("enable_progress_bar") is not False and not any(
-            isinstance(cb, ProgressBarBase) for cb in [*given, *callbacks]
-        ):
-            callbacks = [*callbacks, ProgressBar()]
-        return super()._instantiate_trainer(config, callbacks)
+        present = [*given, *callbacks]
+        extra = [cls() for cls in (RankNoiseSeed, RNGStateCheckpoint) if not any(isinstance(cb, cls) for cb in present)]
+        if config.get("enable_progress_bar") is not False and not any(isinstance(cb, ProgressBarBase) for cb in present):
+            extra.append(ProgressBar())
+        return super()._instantiate_trainer(config, [*callbacks, *extra])
 
     def before_fit(self) -> None:
         self._resume_tracking()

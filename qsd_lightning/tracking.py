@@ -15,17 +15,16 @@ import os
 import socket
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 from urllib.parse import urlparse
 
-import torch
 import yaml
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-__all__ = ["WandbLogger", "LoggerSaveConfigCallback", "wandb_mode", "run_id_from_checkpoint", "CHECKPOINT_KEY"]
+__all__ = ["WandbLogger", "LoggerSaveConfigCallback", "wandb_mode", "CHECKPOINT_KEY"]
 
 CHECKPOINT_KEY = "wandb_run_id"
 
@@ -96,15 +95,6 @@ class WandbLogger(_LightningWandbLogger):
 @rank_zero_only
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def run_id_from_checkpoint(path: str | Path) -> Optional[str]:
-    """The W&B run id stored in a checkpoint, if any."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError, EOFError):
-        return None
-    return ckpt.get(CHECKPOINT_KEY) if isinstance(ckpt, dict) else None
 
 
 class LoggerSaveConfigCallback(SaveConfigCallback):

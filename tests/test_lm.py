@@ -143,6 +143,15 @@ def test_training_state_detached_between_steps():
         model.loss_and_carry(batch, "train").backward()
 
 
+def test_loss_sum_over_time_scales_the_objective():
+    model = tiny_model(loss_sum_over_time=True).eval()  # eval: no masks, same loss twice
+    model.log = lambda *a, **k: None
+    batch = (torch.randint(0, VOCAB, (2, 6)), torch.randint(0, VOCAB, (2, 6)))
+    objective = model.training_step(batch, 0)
+    model.reset_state()
+    assert objective.item() == pytest.approx(6 * model.loss_and_carry(batch, "train").item(), rel=1e-6)
+
+
 def test_perplexity_is_exp_of_token_weighted_mean():
     model = tiny_model()
     logged = {}
@@ -196,6 +205,7 @@ def test_config_states_zaremba_medium():
     cfg = yaml.safe_load(CONFIG.read_text())
     args = cfg["model"]["init_args"]
     assert args["vocab_size"] == 10000 and args["hidden_size"] == 650 and args["num_layers"] == 2
+    assert args["loss_sum_over_time"] is True and args["optimizer"]["init_args"]["lr"] == 1.0
     assert cfg["trainer"]["gradient_clip_val"] == 5.0 and cfg["trainer"]["max_epochs"] == 39
     assert cfg["data"]["init_args"]["data_dir"] == "data/ptb"
 

@@ -20,7 +20,7 @@ from qsd_lightning.data.sentiment import BucketBatchSampler, SentimentDataModule
 from qsd_lightning.data.text import Vocabulary, tokenize
 from qsd_lightning.models.sentiment import RecurrentClassifier
 from qsd_lightning.regularisers import QSD, Dropout
-from qsd_lightning.tasks.sentiment import SentimentClassifier, sequence_site_factory
+from qsd_lightning.tasks.sentiment import SentimentClassifier, sequence_site_factory, vector_site_factory
 
 from .conftest import CONFIGS
 
@@ -309,3 +309,45 @@ def test_vocabulary_found_again_when_data_dir_is_the_aclimdb_root(tmp_path):
     SentimentDataModule(str(root), min_freq=1).prepare_data()
     assert len(list(root.glob("vocab-*.json"))) == 1
     assert SentimentDataModule(str(root), min_freq=1).vocab_path is not None
+
+
+def test_hugging_face_copy_saved_under_data_dir_is_read_offline(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    rng = random.Random(0)
+
+    def split(n):
+        return datasets.Dataset.from_dict({"text": [review(rng, i % 2) for i in range(n)], "label": [i % 2 for i in range(n)]})
+
+    dm = SentimentDataModule(str(tmp_path), format="hf", min_freq=1)
+    datasets.DatasetDict({"train": split(30), "test": split(10)}).save_to_disk(str(dm.hf_dir))
+    dm.prepare_data()  # found on disk: no download attempted (HF_DATASETS_OFFLINE is set)
+    dm.setup()
+    assert [len(dm.datasets[k]) for k in ("train", "val", "test")] == [27, 3, 10]
+    assert SentimentDataModule(str(tmp_path), min_freq=1)._locate()[0] == "hf"  # auto finds it too
+
+
+class _TimeLocked(Dropout):  # like a locked_dropout regulariser: locked over time by construction
+    def __init__(self, rate: float = 0.5) -> None:
+        super().__init__(rate, locked_dims=(1,))
+
+    def config(self):
+        return {"rate": self.rate}
+
+
+def test_locked_templates_at_vector_site():
+    # a template locked by the user or by construction is accepted by locked=true and
+    # unlocked at the [B, F] output site (no time axis there)
+    for template in (QSD(rate=0.3, locked_dims=(1,)), _TimeLocked(0.3)):
+        seq = sequence_site_factory(template, locked=True)(0.3)
+        assert tuple(seq.locked_dims) == (1,)
+        out = vector_site_factory(template)(0.2)
+        assert out.rate == 0.2 and tuple(out.locked_dims) == () and out.train()(torch.ones(64, 8)).eq(0).any(dim=1).any()
+    with pytest.raises(ValueError, match="locked=true needs a regulariser that takes locked_dims"):
+        class Plain(Dropout):
+            def __init__(self, rate: float = 0.5) -> None:
+                super().__init__(rate)
+
+            def config(self):
+                return {"rate": self.rate}
+
+        sequence_site_factory(Plain(0.5), locked=True)

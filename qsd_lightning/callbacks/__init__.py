@@ -1,6 +1,7 @@
 """Callbacks: regulariser schedules and analysis logging."""
 
 from .progress import ProgressBar
+from .seeding import RankNoiseSeed, RNGStateCheckpoint, rank_seed
 from .quantal import QuantalStatistics, summarise_release
 from .sparsity import ActivationSparsity, SparsityMetric, hoyer_sparsity
 from .switch import RegulariserSwitch
@@ -10,9 +11,12 @@ __all__ = [
     "ActivationSparsity",
     "ProgressBar",
     "QuantalStatistics",
+    "RNGStateCheckpoint",
+    "RankNoiseSeed",
     "RegulariserSwitch",
     "SparsityMetric",
     "WeightDistributions",
     "hoyer_sparsity",
+    "rank_seed",
     "summarise_release",
 ]

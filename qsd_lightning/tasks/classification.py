@@ -127,4 +127,4 @@ class MLPClassifier(ClassificationTask):
             batch_norm=batch_norm,
         )
         super().__init__(net, num_classes, optimizer, lr_scheduler)
-        self.save_hyperparameters(ignore=["regulariser", "optimizer", "lr_scheduler"])
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])

@@ -86,6 +86,10 @@ class LanguageModel(L.LightningModule):
             ``weight_drop``; ``qsd`` gives per-presynaptic-unit release probabilities).
         word_dropout_rate: word-type dropout on the embedding weight rows (awd's dropoute).
         init_range: uniform init range of every weight (null: PyTorch defaults).
+        loss_sum_over_time: train on the loss summed over the window's time steps and
+            averaged over the batch (Zaremba et al.'s code and TensorFlow's PTB tutorial; their
+            lr 1 and clip 5 refer to this scale, = lr 35 and clip 5/35 on the token mean).
+            Off: the token-mean loss. Logged losses are token means either way.
         optimizer / lr_scheduler: injected (Zaremba: SGD lr 1, /1.2 per epoch after epoch 6).
     """
 
@@ -108,6 +112,7 @@ class LanguageModel(L.LightningModule):
         weight_drop_regulariser: Optional[Regulariser] = None,
         word_dropout_rate: Rate = 0.0,
         init_range: Optional[float] = 0.05,
+        loss_sum_over_time: bool = False,
         optimizer: OptimizerCallable = torch.optim.SGD,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
     ) -> None:
@@ -142,15 +147,13 @@ class LanguageModel(L.LightningModule):
             init_range=init_range,
         )
         self.vocab_size = vocab_size
+        self.loss_sum_over_time = loss_sum_over_time
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         # token-weighted mean loss per evaluation stage (synced across ranks by torchmetrics)
         self.eval_loss = nn.ModuleDict({stage: MeanMetric() for stage in ("val", "test")})
         self._states: dict[str, Optional[LSTMState]] = {stage: None for stage in STAGES}
-        self.save_hyperparameters(
-            ignore=["regulariser", "embedding_regulariser", "hidden_regulariser", "output_regulariser",
-                    "weight_drop_regulariser", "optimizer", "lr_scheduler"]
-        )
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
 
     # -- data checks and state handling
 
@@ -206,7 +209,7 @@ class LanguageModel(L.LightningModule):
                 "rate or the gradient clipping value; earlier checkpoints are untouched."
             )
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch[1].numel())
-        return loss
+        return loss * batch[1].shape[1] if self.loss_sum_over_time else loss
 
     def _eval_step(self, batch, stage: str) -> None:
         loss = self.loss_and_carry(batch, stage)

@@ -15,7 +15,7 @@ from ..regularisers import Dropout, NoRegulariser, Regulariser, name_of, site_fa
 from ..regularisers.types import Rate
 from .classification import ClassificationTask
 
-__all__ = ["SentimentClassifier", "sequence_site_factory"]
+__all__ = ["SentimentClassifier", "sequence_site_factory", "vector_site_factory"]
 
 
 def _concrete(template: Regulariser) -> Regulariser:
@@ -43,15 +43,28 @@ def sequence_site_factory(template: Regulariser, locked: bool = False):
     if "unit_dims" in params and "unit_dims" not in template.config():
         overrides["unit_dims"] = (-1,)
     if locked and not isinstance(template, NoRegulariser):
-        if "locked_dims" not in params:
+        if "locked_dims" in params:
+            overrides["locked_dims"] = (1,)
+        elif tuple(getattr(template, "locked_dims", ())) != (1,):  # e.g. locked_dropout: locked already
             name = name_of(template) or type(template).__name__
             raise ValueError(f"locked=true needs a regulariser that takes locked_dims; {name!r} does not")
-        overrides["locked_dims"] = (1,)
 
     def build(rate: float) -> nn.Module:
         return template.clone(rate=rate, **overrides)
 
     return build
+
+
+def vector_site_factory(template: Regulariser):
+    """Factory ``rate -> module`` for a ``[B, F]`` site (the pooled features): any locking is
+    dropped, since there is no time axis. A regulariser that is locked by construction
+    (``locked_dropout``) becomes standard dropout there, which is what it is on one time step.
+    """
+    if not tuple(getattr(template, "locked_dims", ()) or ()):
+        return site_factory(template)
+    if "locked_dims" in inspect.signature(type(template)).parameters:
+        return lambda rate: template.clone(rate=rate, locked_dims=())
+    return lambda rate: Dropout(rate=rate)
 
 
 class SentimentClassifier(ClassificationTask):
@@ -111,7 +124,7 @@ class SentimentClassifier(ClassificationTask):
             pooling=pooling,
             embedding_regulariser=sequence_site,
             hidden_regulariser=sequence_site,
-            output_regulariser=site_factory(regulariser),
+            output_regulariser=vector_site_factory(regulariser),
             embedding_rate=default_rate if embedding_rate is None else embedding_rate,
             hidden_rate=default_rate if hidden_rate is None else hidden_rate,
             output_rate=default_rate if output_rate is None else output_rate,
@@ -120,7 +133,7 @@ class SentimentClassifier(ClassificationTask):
         super().__init__(net, num_classes, optimizer, lr_scheduler)
         self._net_args = net_args
         self.vocab_size = vocab_size
-        self.save_hyperparameters(ignore=["regulariser", "optimizer", "lr_scheduler"])
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
 
     def setup(self, stage: str) -> None:
         """Check the vocabulary size (and classes) against the data module; build the net

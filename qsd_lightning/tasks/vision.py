@@ -108,7 +108,7 @@ class CNNClassifier(ClassificationTask):
             batch_norm=batch_norm,
         )
         super().__init__(net, num_classes, optimizer, lr_scheduler)
-        self.save_hyperparameters(ignore=["regulariser", "optimizer", "lr_scheduler"])
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
 
 
 class WRNClassifier(ClassificationTask):
@@ -149,4 +149,4 @@ class WRNClassifier(ClassificationTask):
             block_rate=regulariser.rate if block_rate is None else block_rate,
         )
         super().__init__(net, num_classes, optimizer, lr_scheduler)
-        self.save_hyperparameters(ignore=["regulariser", "optimizer", "lr_scheduler"])
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])

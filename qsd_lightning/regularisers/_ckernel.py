@@ -1,0 +1,363 @@
+"""Fused CPU kernels for the fast release path (float32 / float64, elementwise masks).
+
+A ~100-line C file, compiled on first use with the system C compiler (``$CC``, else ``cc``)
+into a per-user cache (``$QSD_KERNEL_CACHE`` or ``~/.cache/qsd_lightning``) and loaded with
+ctypes; no build step at install time. Where no compiler works (or with
+``QSD_CKERNEL=0``) everything falls back to the eager torch ops of :mod:`.fast`, which give
+the same results.
+
+* ``qsd_fwd``: one pass that draws the mask and scales: for element i with unit j = i mod U,
+  K_i < T_j decides release (T_j = ceil(p_j 2^24), see :func:`.fast.thresholds`) and
+  y_i = x_i * (m_i ? c_j : 0) is written with the mask byte m_i. The top byte of K_i comes
+  from a counter-based SplitMix64 stream (8 bytes per 64-bit word), the 16 low bits only on
+  a tie (1/256), from a second stream; both are seeded from torch's generator per call, so
+  results do not depend on the number of threads.
+* ``qsd_scale``: out_i = g_i * (m_i ? c_j : 0): backward (and scaling by a given mask).
+
+Both compute exactly the reference's ``x * (m * c).to(dtype)`` products, bit for bit.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+__all__ = ["available", "usable", "usable_release", "scale", "release", "thresholds", "uniform24"]
+
+_SOURCE = r"""
+#include <stdint.h>
+#include <string.h>
+
+#define GOLDEN 0x9e3779b97f4a7c15ULL
+#define CHUNK 65536   /* elements per parallel task (a multiple of 8) */
+#define BLOCK 2048    /* random bytes generated at a time (a multiple of 8) */
+
+static inline uint64_t mix64(uint64_t z) {  /* SplitMix64 output function */
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+/* top byte of K_i: byte (i mod 8) of mix64(seed + (i / 8) GOLDEN), for i0 (a multiple of 8) on */
+static inline void fill_bytes(uint8_t *rb, uint64_t seed, int64_t i0, int64_t len) {
+    uint64_t base = (uint64_t)(i0 >> 3);
+    int64_t nw = (len + 7) >> 3;
+    for (int64_t k = 0; k < nw; ++k) {
+        uint64_t w = mix64(seed + (base + (uint64_t)k) * GOLDEN);
+        for (int q = 0; q < 8; ++q) rb[8 * k + q] = (uint8_t)(w >> (8 * q));
+    }
+}
+
+static inline uint32_t low16(uint64_t seed2, int64_t i) {
+    return (uint32_t)(mix64(seed2 + (uint64_t)i * GOLDEN) & 0xFFFFu);
+}
+
+void qsd_uniform24(uint64_t seed, uint64_t seed2, int64_t start, int64_t n, int32_t *out) {
+    for (int64_t t = 0; t < n; ++t) {
+        int64_t i = start + t;
+        uint64_t w = mix64(seed + (uint64_t)(i >> 3) * GOLDEN);
+        uint32_t top = (uint32_t)(w >> (8 * (i & 7))) & 0xFFu;
+        out[t] = (int32_t)((top << 16) | low16(seed2, i));
+    }
+}
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+#define FIRST_BYTE(w) __builtin_clzll(w)   /* offset (x8) of the first nonzero byte in memory */
+#else
+#define FIRST_BYTE(w) __builtin_ctzll(w)
+#endif
+
+/* T = ceil(p 2^24) split as hi = min(T >> 16, 255), lo = T - hi 2^16 (as fast.thresholds) */
+void qsd_thresholds(const float *p, int64_t n, uint8_t *hi, int32_t *lo) {
+    for (int64_t i = 0; i < n; ++i) {
+        float v = p[i];
+        if (!(v > 0.0f)) v = 0.0f;  /* NaN and p <= 0: never released */
+        if (v > 1.0f) v = 1.0f;
+        float f = v * 16777216.0f;  /* exact */
+        int32_t t = (int32_t)f;
+        if ((float)t < f) t += 1;   /* ceil */
+        int32_t h = t >> 16;
+        if (h > 255) h = 255;
+        hi[i] = (uint8_t)h;
+        lo[i] = t - (h << 16);
+    }
+}
+
+static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+#define DEFINE_KERNELS(T, SUF)                                                                 \
+static inline void fwd_seg_##SUF(const T *x, T *y, uint8_t *mk, const uint8_t *rb,           \
+                                 uint8_t *tb, const uint8_t *hi, const T *c, int64_t len,      \
+                                 const int64_t PS, const int64_t CS) {                         \
+    for (int64_t t = 0; t < len; ++t) {                                                        \
+        uint8_t h = hi[t * PS], a = rb[t];                                                     \
+        T cv = c[t * CS];  /* unconditional loads: the select vectorises */                    \
+        uint8_t m = a < h;                                                                     \
+        tb[t] = (uint8_t)(a == h);                                                             \
+        y[t] = x[t] * (m ? cv : (T)0);                                                         \
+        mk[t] = m;                                                                             \
+    }                                                                                          \
+}                                                                                              \
+                                                                                               \
+/* ties (tb[t] = 1, probability 1/256): release iff the 16 low bits < lo; scan 8 flags a word */ \
+static void fix_ties_##SUF(const T *x, T *y, uint8_t *mk, const uint8_t *tb,                  \
+                           const int32_t *lo, const T *c, int64_t len,                         \
+                           int64_t PS, int64_t CS, uint64_t seed2, int64_t i0) {               \
+    for (int64_t k = 0; k < len; k += 8) {                                                     \
+        uint64_t w; memcpy(&w, tb + k, 8);                                                     \
+        while (w) {  /* flags are 0/1 bytes: visit the set ones (memory order) */              \
+            int64_t t = k + (FIRST_BYTE(w) >> 3);                                              \
+            w &= w - 1;                                                                        \
+            if (t >= len) break;                                                               \
+            uint8_t m = (int64_t)low16(seed2, i0 + t) < (int64_t)lo[t * PS];                   \
+            mk[t] = m;                                                                         \
+            y[t] = x[t] * (m ? c[t * CS] : (T)0);                                              \
+        }                                                                                      \
+    }                                                                                          \
+}                                                                                              \
+                                                                                               \
+void qsd_fwd_##SUF(const T *x, T *y, uint8_t *mk, int64_t n, int64_t U,                       \
+                   const uint8_t *hi, const int32_t *lo, int64_t ps, const T *c, int64_t cs,   \
+                   uint64_t seed, uint64_t seed2, int nthreads) {                              \
+    int64_t nch = (n + CHUNK - 1) / CHUNK;                                                     \
+    _Pragma("omp parallel for num_threads(nthreads) schedule(static) if(nthreads > 1 && nch > 1)") \
+    for (int64_t ch = 0; ch < nch; ++ch) {                                                     \
+        uint8_t rb[BLOCK + 8], tb[BLOCK + 8];                                                  \
+        int64_t s = ch * CHUNK, e = min64(n, s + CHUNK);                                       \
+        for (int64_t b0 = s; b0 < e; b0 += BLOCK) {                                            \
+            int64_t len = min64(e, b0 + BLOCK) - b0;                                           \
+            fill_bytes(rb, seed, b0, len);                                                     \
+            memset(tb + len, 0, 8);                                                            \
+            for (int64_t t = 0; t < len;) {                                                    \
+                int64_t i = b0 + t, j = i % U, seg = min64(len - t, U - j);                    \
+                const uint8_t *h = hi + j * ps; const T *cc = c + j * cs;                      \
+                if (ps && cs) fwd_seg_##SUF(x + i, y + i, mk + i, rb + t, tb + t, h, cc, seg, 1, 1); \
+                else if (ps) fwd_seg_##SUF(x + i, y + i, mk + i, rb + t, tb + t, h, cc, seg, 1, 0);  \
+                else if (cs) fwd_seg_##SUF(x + i, y + i, mk + i, rb + t, tb + t, h, cc, seg, 0, 1);  \
+                else fwd_seg_##SUF(x + i, y + i, mk + i, rb + t, tb + t, h, cc, seg, 0, 0);          \
+                t += seg;                                                                      \
+            }                                                                                  \
+            /* second sweep over the block for ties, unit by unit again */                     \
+            for (int64_t t = 0; t < len;) {                                                    \
+                int64_t i = b0 + t, j = i % U, seg = min64(len - t, U - j);                    \
+                fix_ties_##SUF(x + i, y + i, mk + i, tb + t, lo + j * ps, c + j * cs, seg,     \
+                               ps, cs, seed2, i);                                              \
+                t += seg;                                                                      \
+            }                                                                                  \
+        }                                                                                      \
+    }                                                                                          \
+}                                                                                              \
+                                                                                               \
+static inline void scale_seg_##SUF(const T *g, const uint8_t *mk, T *out, const T *c,         \
+                                   int64_t len, const int64_t CS) {                            \
+    for (int64_t t = 0; t < len; ++t) {                                                        \
+        T cv = c[t * CS];                                                                      \
+        out[t] = g[t] * (mk[t] ? cv : (T)0);                                                   \
+    }                                                                                          \
+}                                                                                              \
+                                                                                               \
+void qsd_scale_##SUF(const T *g, const uint8_t *mk, T *out, int64_t n, int64_t U,              \
+                     const T *c, int64_t cs, int nthreads) {                                   \
+    int64_t nch = (n + CHUNK - 1) / CHUNK;                                                     \
+    _Pragma("omp parallel for num_threads(nthreads) schedule(static) if(nthreads > 1 && nch > 1)") \
+    for (int64_t ch = 0; ch < nch; ++ch) {                                                     \
+        int64_t s = ch * CHUNK, e = min64(n, s + CHUNK);                                       \
+        for (int64_t i = s; i < e;) {                                                          \
+            int64_t j = i % U, seg = min64(e - i, U - j);                                      \
+            if (cs) scale_seg_##SUF(g + i, mk + i, out + i, c + j, seg, 1);                    \
+            else scale_seg_##SUF(g + i, mk + i, out + i, c, seg, 0);                           \
+            i += seg;                                                                          \
+        }                                                                                      \
+    }                                                                                          \
+}
+
+DEFINE_KERNELS(float, f32)
+DEFINE_KERNELS(double, f64)
+"""
+
+_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
+_CTYPE = {torch.float32: ctypes.c_float, torch.float64: ctypes.c_double}
+
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+_tried = False
+ENABLED = os.environ.get("QSD_CKERNEL", "1").lower() not in ("0", "false", "no", "off")
+
+
+def _cpu_signature() -> str:
+    text = platform.machine() + platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "model name", "Features")):
+                    text += line
+                    if line.startswith(("flags", "Features")):
+                        break
+    except OSError:
+        pass
+    return text
+
+
+def _compile(workdir: Path, target: Path) -> None:
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if cc is None:
+        raise RuntimeError("no C compiler found (set CC)")
+    src = workdir / "qsd_kernels.c"
+    src.write_text(_SOURCE)
+    base = [cc, "-O3", "-std=c11", "-fPIC", "-shared", "-fno-math-errno", str(src), "-o"]
+    errors = []
+    for extra in (["-march=native", "-fopenmp"], ["-march=native"], ["-fopenmp"], []):
+        out = workdir / "qsd_kernels.so"
+        proc = subprocess.run(base + [str(out)] + extra, capture_output=True, text=True)
+        if proc.returncode == 0:
+            os.replace(out, target)
+            return
+        errors.append(proc.stderr.strip()[-500:])
+    raise RuntimeError("C compiler failed: " + " | ".join(errors))
+
+
+def _load() -> ctypes.CDLL | None:
+    global _lib, _tried
+    if _tried:
+        return _lib
+    with _lock:
+        if _tried:
+            return _lib
+        try:
+            if sys.platform == "win32":
+                raise RuntimeError("disabled")
+            key = hashlib.sha256((_SOURCE + _cpu_signature() + sys.version).encode()).hexdigest()[:16]
+            cache = Path(os.environ.get("QSD_KERNEL_CACHE") or Path.home() / ".cache" / "qsd_lightning")
+            target = cache / f"qsd_kernels_{key}.so"
+            if not target.exists():
+                cache.mkdir(parents=True, exist_ok=True)
+                with tempfile.TemporaryDirectory(dir=cache) as tmp:
+                    _compile(Path(tmp), target)
+            lib = ctypes.CDLL(str(target))
+            i64, u64, ptr, cint = ctypes.c_int64, ctypes.c_uint64, ctypes.c_void_p, ctypes.c_int
+            for suf in _SUFFIX.values():
+                getattr(lib, f"qsd_fwd_{suf}").argtypes = [ptr, ptr, ptr, i64, i64, ptr, ptr, i64, ptr, i64, u64, u64, cint]
+                getattr(lib, f"qsd_fwd_{suf}").restype = None
+                getattr(lib, f"qsd_scale_{suf}").argtypes = [ptr, ptr, ptr, i64, i64, ptr, i64, cint]
+                getattr(lib, f"qsd_scale_{suf}").restype = None
+            lib.qsd_thresholds.argtypes = [ptr, i64, ptr, ptr]
+            lib.qsd_thresholds.restype = None
+            lib.qsd_uniform24.argtypes = [u64, u64, i64, i64, ptr]
+            lib.qsd_uniform24.restype = None
+            _lib = lib
+        except Exception as err:  # no compiler, no write access, ...: eager fallback
+            if str(err) != "disabled":
+                warnings.warn(f"qsd_lightning: fused CPU kernel unavailable ({err}); using eager torch ops", stacklevel=3)
+            _lib = None
+        _tried = True
+        return _lib
+
+
+def available() -> bool:
+    """Whether the compiled kernel is enabled and loaded (compiling it on first call)."""
+    return ENABLED and _load() is not None
+
+
+def _dtype_ok(x: Tensor) -> bool:
+    return x.device.type == "cpu" and x.dtype in _SUFFIX and x.numel() > 0
+
+
+def usable(x: Tensor, mask: Tensor, c: Tensor) -> bool:
+    return (
+        ENABLED and _dtype_ok(x) and mask.dtype == torch.bool and mask.shape == x.shape
+        and c.device.type == "cpu" and _load() is not None
+    )
+
+
+def usable_release(x: Tensor, draw, mask_shape: tuple[int, ...]) -> bool:
+    return (
+        ENABLED and _dtype_ok(x) and tuple(mask_shape) == tuple(x.shape)
+        and draw.p.device.type == "cpu" and draw.c.device.type == "cpu" and _load() is not None
+    )
+
+
+def _threads(n: int) -> int:
+    return 1 if n < 2 * 65536 else max(1, torch.get_num_threads())
+
+
+def scale(x: Tensor, mask: Tensor, c: Tensor) -> Tensor:
+    """``x * (mask * c).to(x.dtype)`` (``c`` already in x's dtype), one pass."""
+    from .fast import unit_arrays
+
+    lib = _load()
+    shape = tuple(x.shape)
+    arrays = unit_arrays(shape, c.to(x.dtype))
+    if arrays is None:
+        raise ValueError("scale: c does not broadcast to x as a per-unit value")
+    (cf,), units = arrays
+    x = x.contiguous()
+    mask = mask.contiguous()
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    n = x.numel()
+    getattr(lib, f"qsd_scale_{_SUFFIX[x.dtype]}")(
+        x.data_ptr(), mask.data_ptr(), out.data_ptr(), n, units or n, cf.data_ptr(), 1 if units else 0, _threads(n)
+    )
+    return out
+
+
+def thresholds(p: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`.fast.thresholds` of a flat or 0-d float32 CPU tensor, in one C call."""
+    pf = p.float().contiguous()
+    hi = torch.empty(pf.shape, dtype=torch.uint8)
+    lo = torch.empty(pf.shape, dtype=torch.int32)
+    _load().qsd_thresholds(pf.data_ptr(), pf.numel(), hi.data_ptr(), lo.data_ptr())
+    return hi, lo
+
+
+def release(x: Tensor, draw, mask_shape, bits) -> tuple[Tensor, Tensor]:
+    """Fused sample-and-scale forward of :func:`.fast.fast_release` (same contract)."""
+    from .fast import _Release, unit_arrays
+
+    lib = _load()
+    shape = tuple(x.shape)
+    c = draw.c.to(x.dtype)
+    arrays = unit_arrays(shape, draw.p, c)
+    if arrays is None:  # exotic broadcast: eager path
+        from .fast import masked_scale, sample_mask
+
+        mask = sample_mask(draw.p, mask_shape, bits, device=x.device)
+        return masked_scale(x, mask, draw.c), mask
+    (pf, cf), units = arrays
+    hi, lo = thresholds(pf)
+    ps = 1 if pf.dim() else 0
+    cs = 1 if cf.dim() else 0
+    seed, seed2 = bits.seeds(2)
+    fwd = getattr(lib, f"qsd_fwd_{_SUFFIX[x.dtype]}")
+
+    def compute(xd: Tensor) -> tuple[Tensor, Tensor]:
+        xd = xd.contiguous()
+        n = xd.numel()
+        y = torch.empty_like(xd, memory_format=torch.contiguous_format)
+        mask = torch.empty(shape, dtype=torch.bool)
+        fwd(
+            xd.data_ptr(), y.data_ptr(), mask.data_ptr(), n, units or n,
+            hi.data_ptr(), lo.data_ptr(), ps, cf.data_ptr(), cs, seed, seed2, _threads(n),
+        )
+        return y, mask
+
+    return _Release.apply(x, c, compute)
+
+
+def uniform24(seed: int, seed2: int, start: int, n: int) -> Tensor:
+    """The 24-bit uniforms K_i the forward kernel compares with T (for tests)."""
+    lib = _load()
+    out = torch.empty(n, dtype=torch.int32)
+    lib.qsd_uniform24(seed, seed2, start, n, out.data_ptr())
+    return out

@@ -1,0 +1,381 @@
+#!/usr/bin/env python
+"""How much does QSD cost compared with dropout? (GitHub issue 7)
+
+Table 1, per device and activation shape: forward + backward time of every registered
+regulariser (``build(name, rate=0.5)``, applied to the activation tensor; weight-site
+regularisers map a tensor to a tensor too), of QSD on the reference path, of torch's
+``nn.Dropout`` (the baseline) and of the elementwise floor ``x * 2.0``; the median over
+``--repeats`` timed runs after warm-up, measured round-robin (every candidate once per round,
+so that load from other processes hits all alike); ratios to ``nn.Dropout`` and to the floor;
+bytes kept for backward per element (distinct storages recorded by
+``torch.autograd.graph.saved_tensors_hooks``, the input's own storage excluded).
+
+Table 2: one training step (forward, backward, optimiser step; data loading excluded) of the
+MLP classifier driven by a Lightning ``Trainer`` (logger, checkpointing and progress bar off;
+timed by a callback from batch start to batch end) against a plain PyTorch loop over the same
+MLP, sizes and batch, with ``nn.Dropout`` or QSD; and the same for the LSTM language model.
+
+    python scripts/benchmark.py                  # CPU (and CUDA when present)
+    python scripts/benchmark.py --quick          # fewer repeats and steps
+    python scripts/benchmark.py --device cuda --repeats 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from qsd_lightning import regularisers as R  # noqa: E402
+from qsd_lightning.regularisers import _ckernel, _triton, fast  # noqa: E402
+
+SHAPES = {
+    "MLP [256, 1024]": (256, 1024),
+    "MLP [512, 4096]": (512, 4096),
+    "conv [64, 64, 32, 32]": (64, 64, 32, 32),
+    "sequence [35, 20, 650]": (35, 20, 650),
+}
+
+
+# --------------------------------------------------------------------------- helpers
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def saved_bytes(fn: Callable[[Tensor], Tensor], x: Tensor) -> int:
+    """Bytes autograd keeps for backward of ``fn(x)``: distinct storages, x's own excluded."""
+    own = x.untyped_storage().data_ptr()
+    storages: dict[int, int] = {}
+
+    def pack(t: Tensor) -> Tensor:
+        s = t.untyped_storage()
+        if s.data_ptr() != own:
+            storages[s.data_ptr()] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = fn(x)
+    del y
+    return sum(storages.values())
+
+
+@contextlib.contextmanager
+def switched(module, name: str, value):
+    old = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, old)
+
+
+def with_switch(fn, module, name, value):
+    def run(x):
+        with switched(module, name, value):
+            return fn(x)
+
+    return run
+
+
+def candidates(shape: tuple[int, ...], device: torch.device) -> dict[str, Callable[[Tensor], Tensor] | str]:
+    """name -> activation function (or a string saying why it does not apply)."""
+    out: dict[str, Callable | str] = {
+        "nn.Dropout (baseline)": nn.Dropout(0.5).to(device).train(),
+        "floor: x * 2.0": lambda x: x * 2.0,
+    }
+    probe = torch.zeros((2,) + tuple(shape[1:]), device=device)
+    for name in R.available():
+        module = R.build(name, rate=0.5).to(device).train()
+        try:
+            with torch.no_grad():
+                module(probe)
+        except Exception as err:  # e.g. spatial_dropout on a 2-d tensor
+            out[name] = f"n/a ({str(err).splitlines()[0][:60]})"
+            continue
+        out[name] = module
+    qsd = R.build("qsd", rate=0.5).to(device).train()
+    out["qsd, reference path"] = with_switch(qsd, fast, "ENABLED", False)
+    if device.type == "cpu" and _ckernel.available():
+        out["qsd, eager fast path (no C kernel)"] = with_switch(qsd, _ckernel, "ENABLED", False)
+    if device.type == "cuda" and _triton.available():
+        out["qsd, eager fast path (no Triton)"] = with_switch(qsd, _triton, "ENABLED", False)
+    return out
+
+
+def time_forward_backward(fns: dict[str, Callable], x: Tensor, repeats: int, warmup: int) -> dict[str, list[float]]:
+    """Seconds per forward + backward of each function, round-robin over the functions."""
+    g = torch.randn_like(x)
+    device = x.device
+    times: dict[str, list[float]] = {name: [] for name in fns}
+
+    def once(fn) -> float:
+        sync(device)
+        t0 = time.perf_counter()
+        y = fn(x)
+        y.backward(g)
+        sync(device)
+        dt = time.perf_counter() - t0
+        x.grad = None
+        return dt
+
+    for fn in fns.values():
+        for _ in range(warmup):
+            once(fn)
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(once(fn))
+    return times
+
+
+def regulariser_table(device: torch.device, repeats: int, warmup: int, shapes: dict[str, tuple[int, ...]]) -> str:
+    rows = []
+    for label, shape in shapes.items():
+        torch.manual_seed(0)
+        x = torch.randn(shape, device=device).requires_grad_()
+        fns = candidates(shape, device)
+        runnable = {k: v for k, v in fns.items() if callable(v)}
+        times = time_forward_backward(runnable, x, repeats, warmup)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        base, floor = med["nn.Dropout (baseline)"], med["floor: x * 2.0"]
+        for name, fn in fns.items():
+            if not callable(fn):
+                rows.append(f"| {label} | {name} | {fn} | | | |")
+                continue
+            per_elem = saved_bytes(fn, x) / x.numel()
+            x.grad = None
+            rows.append(
+                f"| {label} | {name} | {med[name] * 1e3:.3f} | {med[name] / base:.2f} | {med[name] / floor:.2f} | {per_elem:.3f} |"
+            )
+    head = [
+        "| shape | regulariser (rate 0.5) | median fwd+bwd (ms) | x nn.Dropout | x floor | saved B/elem |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    return "\n".join(head + rows)
+
+
+# --------------------------------------------------------------------------- training steps
+class StepTimer:
+    """Lightning callback: seconds from train batch start to batch end, after ``skip`` steps."""
+
+    def __init__(self, skip: int) -> None:
+        import lightning as L
+
+        class _CB(L.Callback):
+            def __init__(cb) -> None:
+                cb.times: list[float] = []
+                cb.t0 = 0.0
+
+            def on_train_batch_start(cb, trainer, pl_module, batch, batch_idx) -> None:
+                sync(pl_module.device)
+                cb.t0 = time.perf_counter()
+
+            def on_train_batch_end(cb, trainer, pl_module, outputs, batch, batch_idx) -> None:
+                sync(pl_module.device)
+                if batch_idx >= skip:
+                    cb.times.append(time.perf_counter() - cb.t0)
+
+        self.callback = _CB()
+
+    @property
+    def times(self) -> list[float]:
+        return self.callback.times
+
+
+def lightning_steps(module, loader, device: torch.device, steps: int, warmup: int) -> list[float]:
+    import lightning as L
+
+    timer = StepTimer(warmup)
+    trainer = L.Trainer(
+        accelerator="gpu" if device.type == "cuda" else "cpu",
+        devices=1,
+        max_steps=steps + warmup,
+        limit_train_batches=steps + warmup,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer.callback],
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(module, train_dataloaders=loader)
+    return timer.times
+
+
+def plain_steps(net: nn.Module, loader, device: torch.device, steps: int, warmup: int, loss_fn) -> list[float]:
+    net.to(device).train()
+    opt = torch.optim.Adam(net.parameters())
+    times = []
+    it = iter(loader)
+    for i in range(steps + warmup):
+        batch = next(it)
+        batch = [b.to(device) for b in batch]
+        sync(device)
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(net, batch)
+        loss.backward()
+        opt.step()
+        sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def mlp_rows(device: torch.device, steps: int, warmup: int) -> list[str]:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from qsd_lightning.models import MLP
+    from qsd_lightning.tasks import MLPClassifier
+
+    in_features, hidden, classes, batch = 784, [1024, 1024], 10, 256
+    n = batch * (steps + warmup)
+    data = TensorDataset(torch.randn(n, in_features), torch.randint(0, classes, (n,)))
+    loader = DataLoader(data, batch_size=batch, shuffle=False)
+    ce = nn.functional.cross_entropy
+    label = f"MLP {in_features}-{hidden[0]}-{hidden[1]}-{classes}, batch {batch}"
+    rows = []
+
+    def plain(factory):
+        torch.manual_seed(0)
+        net = MLP(in_features, classes, hidden, regulariser=factory, hidden_rate=0.5, output_rate=0.5)
+        return plain_steps(net, loader, device, steps, warmup, lambda m, b: ce(m(b[0]), b[1]))
+
+    def lightning(reg):
+        torch.manual_seed(0)
+        module = MLPClassifier(in_features, classes, hidden, regulariser=reg)
+        return lightning_steps(module, loader, device, steps, warmup)
+
+    base = plain(lambda r: nn.Dropout(r))
+    results = {
+        "plain PyTorch loop, nn.Dropout (baseline)": base,
+        "plain PyTorch loop, QSD": plain(lambda r: R.QSD(rate=r)),
+        "Lightning MLPClassifier, dropout (registry)": lightning(R.Dropout(rate=0.5)),
+        "Lightning MLPClassifier, QSD": lightning(R.QSD(rate=0.5)),
+    }
+    b = statistics.median(base)
+    for name, ts in results.items():
+        m = statistics.median(ts)
+        rows.append(f"| {label} | {name} | {m * 1e3:.2f} | {m / b:.2f} | {len(ts)} |")
+    return rows
+
+
+def lm_rows(device: torch.device, steps: int, warmup: int) -> list[str]:
+    try:
+        from qsd_lightning.models.language_model import LSTMLanguageModel
+        from qsd_lightning.tasks import LanguageModel
+    except ImportError as err:
+        return [f"| LSTM LM | not available ({err}) | | | |"]
+    from torch.utils.data import DataLoader, TensorDataset
+
+    vocab, size, layers, batch, bptt = 10_000, 650, 2, 20, 35
+    n = batch * (steps + warmup)
+    tokens = torch.randint(0, vocab, (n, bptt))
+    data = TensorDataset(tokens, torch.roll(tokens, -1, dims=1))
+    loader = DataLoader(data, batch_size=batch, shuffle=False)
+    label = f"LSTM LM {layers}x{size}, vocab {vocab}, batch {batch}x{bptt}"
+
+    def lm_loss(net, b):
+        logits, _ = net(b[0])
+        return nn.functional.cross_entropy(logits.flatten(0, 1), b[1].flatten())
+
+    def plain(factory):
+        torch.manual_seed(0)
+        net = LSTMLanguageModel(vocab, size, size, layers, embedding_regulariser=factory, embedding_rate=0.5,
+                                hidden_regulariser=factory, hidden_rate=0.5, output_regulariser=factory, output_rate=0.5)
+        return plain_steps(net, loader, device, steps, warmup, lm_loss)
+
+    def lightning(reg):
+        torch.manual_seed(0)
+        module = LanguageModel(vocab_size=vocab, embedding_size=size, hidden_size=size, num_layers=layers,
+                               regulariser=reg, optimizer=torch.optim.Adam)
+        return lightning_steps(module, loader, device, steps, warmup)
+
+    base = plain(lambda r: nn.Dropout(r))
+    results = {
+        "plain PyTorch loop, nn.Dropout (baseline)": base,
+        "plain PyTorch loop, QSD": plain(lambda r: R.QSD(rate=r)),
+        "Lightning LanguageModel, QSD": lightning(R.QSD(rate=0.5)),
+    }
+    b = statistics.median(base)
+    return [
+        f"| {label} | {name} | {statistics.median(ts) * 1e3:.2f} | {statistics.median(ts) / b:.2f} | {len(ts)} |"
+        for name, ts in results.items()
+    ]
+
+
+def training_table(device: torch.device, steps: int, warmup: int, lm_steps: int) -> str:
+    head = [
+        "| model | loop | median step (ms) | x baseline | steps timed |",
+        "|---|---|---:|---:|---:|",
+    ]
+    rows = mlp_rows(device, steps, warmup)
+    if lm_steps > 0:
+        rows += lm_rows(device, lm_steps, 2)
+    return "\n".join(head + rows)
+
+
+# --------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda", "all"], default="auto",
+                        help="auto: CPU, plus CUDA when present (default); all: same")
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs per candidate (default 50, quick 10)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=None, help="timed MLP training steps (default 50, quick 10)")
+    parser.add_argument("--lm-steps", type=int, default=None, help="timed LSTM LM steps (default 10, quick 3; 0: skip)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and steps")
+    parser.add_argument("--skip-training", action="store_true", help="only the regulariser table")
+    args = parser.parse_args(argv)
+
+    repeats = args.repeats or (10 if args.quick else 50)
+    steps = args.steps or (10 if args.quick else 50)
+    lm_steps = args.lm_steps if args.lm_steps is not None else (3 if args.quick else 10)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    devices = [torch.device("cpu")]
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            parser.error("--device cuda: no CUDA device")
+        devices = [torch.device("cuda")]
+    elif args.device in ("auto", "all") and torch.cuda.is_available():
+        devices.append(torch.device("cuda"))
+
+    load = os.getloadavg() if hasattr(os, "getloadavg") else ("n/a",)
+    print(f"# QSD vs dropout benchmark\n")
+    print(f"- command: `python {' '.join(sys.argv)}`")
+    print(f"- torch {torch.__version__}, Python {platform.python_version()}, {platform.machine()}, "
+          f"{torch.get_num_threads()} CPU threads; load average at start {load}")
+    print(f"- fused CPU kernel: {'yes' if _ckernel.available() else 'no (eager fallback)'}; "
+          f"CUDA: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}"
+          + (f"; Triton kernels: {'yes' if _triton.available() else 'no'}" if torch.cuda.is_available() else ""))
+    print(f"- repeats {repeats} (median), warm-up {args.warmup}, training steps {steps} (LM {lm_steps})\n")
+    for device in devices:
+        print(f"## Regularisers, forward + backward, {device.type}\n")
+        print(regulariser_table(device, repeats, args.warmup, SHAPES))
+        print()
+        if not args.skip_training:
+            print(f"## One training step, {device.type}\n")
+            print(training_table(device, steps, args.warmup, lm_steps))
+            print()
+    if hasattr(os, "getloadavg"):
+        print(f"- load average at end {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,413 @@
+"""The fast release path (regularisers/fast.py, GitHub issue 7) against the reference path.
+
+Given the same draw and mask, the fast path's output and gradient are the reference's bit for
+bit; its masks have exactly the reference's distribution (K < ceil(p 2^24) with a uniform
+24-bit K); it keeps one byte per mask element (plus c per unit) for backward. Timings live in
+scripts/benchmark.py, not here.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from qsd_lightning.regularisers import QSD, Dropout, _ckernel, build, fast
+from qsd_lightning.regularisers.functional import QuantalDraw, draw_quanta, release, unit_and_mask_shapes
+
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    t = t.detach().contiguous()
+    return t.view(INT_VIEW[t.element_size()])
+
+
+def assert_same_bits(a: torch.Tensor, b: torch.Tensor) -> None:
+    assert a.dtype == b.dtype and a.shape == b.shape
+    assert torch.equal(bits(a), bits(b)), "not bit for bit identical"
+
+
+@pytest.fixture(params=["ckernel", "eager"])
+def backend(request, monkeypatch):
+    """Run a test with the compiled CPU kernel (skipped where it cannot be built) and with
+    the eager torch fallback."""
+    if request.param == "ckernel":
+        if not _ckernel.available():
+            pytest.skip("no C compiler: the fused CPU kernel is unavailable")
+    else:
+        monkeypatch.setattr(_ckernel, "ENABLED", False)
+    return request.param
+
+
+def reference_multiply(x, mask, c):
+    """What functional.release computes from its mask: x * (mask * c).to(x.dtype)."""
+    return x * (mask * c).to(x.dtype)
+
+
+# --------------------------------------------------------------------------- thresholds
+def test_torch_rand_is_24_bit_on_cpu():
+    """The premise of the exact sampler: CPU float32 rand is K / 2^24, K integer."""
+    u = torch.rand(100_000) * 2**24
+    assert torch.equal(u, u.floor())
+
+
+SPECIAL_P = [0.0, -0.0, 1.0, 0.5, 0.3, 0.7, 1e-30, 2.0**-24, 2.0**-25, 1 - 2.0**-24, 0.999999, float("nan"), 1e-7]
+
+
+def test_thresholds_are_ceil_p_2_24():
+    p = torch.cat([torch.tensor(SPECIAL_P), torch.rand(10_000), torch.rand(1000) ** 8]).float()
+    hi, lo = fast.thresholds(p)
+    t = hi.long() * 65536 + lo.long()
+    expect = torch.ceil(torch.nan_to_num(p.double(), nan=0.0).clamp(0, 1) * 2**24).long()
+    assert torch.equal(t, expect)
+    assert hi.dtype == torch.uint8 and int(lo.min()) >= 0 and int(lo.max()) <= 65536
+    if _ckernel.available():
+        chi, clo = _ckernel.thresholds(p)
+        assert torch.equal(chi, hi) and torch.equal(clo, lo)
+
+
+class FakeBits(fast.RandomBits):
+    """Bytes and tie bits chosen by the test."""
+
+    def __init__(self, a, low):
+        super().__init__("cpu")
+        self.a, self.low = a, low
+
+    def bytes(self, n):
+        assert n == self.a.numel()
+        return self.a.flatten().clone()
+
+    def low16(self, n):
+        assert n == self.low.numel()
+        return self.low.clone()
+
+
+def test_eager_sampler_decides_exactly_k_lt_t():
+    """Every byte value against every threshold, ties resolved by the 16 low bits: the mask
+    is exactly 1[K < T], K = a 2^16 + b (a 24-bit uniform when a and b are uniform)."""
+    p = torch.tensor([[0.0, 0.3, 0.5, 2.0**-24, 0.999999, 1.0, 0.123456789, float("nan")]]).float()
+    units = p.shape[1]
+    rows = 256 * 3
+    a = (torch.arange(rows) % 256).to(torch.uint8).unsqueeze(1).expand(rows, units).contiguous()
+    hi, lo = fast.thresholds(p)
+    tie = a == hi
+    lo_full = lo.expand(rows, units)
+    # tie bits at the boundary: lo - 1, lo, lo + 1 (clipped) in turn
+    offsets = torch.tensor([-1, 0, 1]).repeat(rows * units)[: int(tie.sum())]
+    low = (lo_full[tie].long() + offsets).clamp(0, 65535).to(torch.int32)
+    mask = fast.sample_mask(p, (rows, units), FakeBits(a, low))
+    b = torch.zeros(rows, units, dtype=torch.long)
+    b[tie] = low.long()
+    k = a.long() * 65536 + b
+    t = hi.long() * 65536 + lo.long()
+    assert torch.equal(mask, k < t)
+    assert mask[:, 5].all() and not mask[:, 0].any() and not mask[:, 7].any()
+
+
+@pytest.mark.parametrize("p_shape", ["per_unit", "scalar"])
+def test_kernel_decides_exactly_k_lt_t(p_shape):
+    if not _ckernel.available():
+        pytest.skip("no C compiler")
+
+    class Seeds(fast.RandomBits):
+        def seeds(self, n=2):
+            return [0x0123456789ABCDEF, 0xFEDCBA9876543210][:n]
+
+    torch.manual_seed(0)
+    shape = (300, 77)
+    p = torch.rand(1, 77) if p_shape == "per_unit" else torch.tensor(0.3)
+    draw = QuantalDraw(p=p, c=torch.tensor(2.0))
+    _, mask = _ckernel.release(torch.ones(shape), draw, shape, Seeds())
+    k = _ckernel.uniform24(0x0123456789ABCDEF, 0xFEDCBA9876543210, 0, math.prod(shape)).view(shape)
+    hi, lo = fast.thresholds(p)
+    assert torch.equal(mask, k.long() < hi.long() * 65536 + lo.long())
+
+
+@pytest.mark.parametrize("keep", [77.5 / 256, 179.5 / 256, 31.5 / 256])
+def test_no_quantisation_bias(keep, backend):
+    """Release fractions match p itself, not p rounded to a multiple of 1/256, which is half a
+    step away: an 8-bit sampler's bias would be over 15 standard errors here."""
+    torch.manual_seed(0)
+    n = 1 << 24
+    draw = QuantalDraw(p=torch.tensor(keep), c=torch.tensor(1.0))
+    _, mask = fast.fast_release(torch.ones(n // 1024, 1024), draw, (n // 1024, 1024))
+    frac = mask.double().mean().item()
+    se = math.sqrt(keep * (1 - keep) / n)
+    assert abs(frac - keep) < 5 * se
+    for quantised in (math.floor(keep * 256) / 256, math.ceil(keep * 256) / 256):
+        assert abs(frac - quantised) > 10 * se
+
+
+# --------------------------------------------------------------------------- bit for bit
+LAYOUTS = [  # (x shape, unit_dims, locked_dims)
+    ((32, 100), None, ()),
+    ((8, 6, 5, 5), None, ()),
+    ((8, 6, 5, 5), None, (2, 3)),
+    ((8, 6, 5, 5), (1,), ()),
+    ((7, 9, 12), (-1,), (1,)),
+    ((7, 9, 12), (-1,), ()),
+    ((3, 1), None, ()),
+    ((13,), None, ()),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mode,gamma", [("coupled", 4.0), ("independent", 1.0), ("size", 2.0), ("release", 8.0), ("coupled", None)])
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda v: str(v))
+def test_fast_release_matches_reference_bit_for_bit(dtype, mode, gamma, layout, backend):
+    shape, unit_dims, locked = layout
+    torch.manual_seed(1)
+    unit_shape, mask_shape = unit_and_mask_shapes(shape, unit_dims, locked)
+    draw = draw_quanta(unit_shape, 0.4, gamma, mode)
+    x = (torch.randn(shape) * 3).to(dtype)
+    x[..., 0] = -x[..., 0].abs()  # negative zeros where dropped
+    xf = x.clone().requires_grad_()
+    xr = x.clone().requires_grad_()
+    y, mask = fast.fast_release(xf, draw, mask_shape)
+    assert mask.dtype == torch.bool and tuple(mask.shape) == tuple(mask_shape)
+    ref = reference_multiply(xr, mask, draw.c)
+    assert_same_bits(y, ref)
+    g = torch.randn(shape).to(dtype)
+    y.backward(g)
+    ref.backward(g)
+    assert_same_bits(xf.grad, xr.grad)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_masked_scale_special_values(dtype, backend):
+    """NaN, inf and -0 behave as in the reference (x * 0 keeps NaN and the sign of zero)."""
+    x = torch.tensor([[1.0, -2.0, float("nan"), float("inf"), -float("inf"), -0.0, 0.0, 3.0]] * 4).to(dtype)
+    mask = torch.tensor([[True, False] * 4, [False, True] * 4, [True] * 8, [False] * 8])
+    for c in (torch.tensor(2.0), torch.rand(1, 8) + 0.5, torch.tensor(1 / 0.7)):
+        assert_same_bits(fast.masked_scale(x, mask, c), reference_multiply(x, mask, c))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_non_contiguous_inputs_and_expanded_grads(dtype, backend):
+    torch.manual_seed(2)
+    x = torch.randn(40, 30, dtype=dtype).t().requires_grad_()  # [30, 40], transposed
+    draw = draw_quanta((1, 40), 0.5, 4.0, "coupled")
+    y, mask = fast.fast_release(x, draw, (30, 40))
+    xr = x.detach().clone().requires_grad_()
+    ref = reference_multiply(xr, mask, draw.c)
+    assert_same_bits(y, ref)
+    y.sum().backward()  # expanded (stride 0) gradient
+    ref.sum().backward()
+    assert_same_bits(x.grad, xr.grad)
+    xc = torch.randn(4, 6, 5, 5, dtype=dtype).to(memory_format=torch.channels_last).requires_grad_()
+    draw = draw_quanta((1, 6, 5, 5), 0.5, 4.0, "coupled")
+    y, mask = fast.fast_release(xc, draw, (4, 6, 5, 5))
+    assert_same_bits(y, reference_multiply(xc, mask, draw.c))
+
+
+def test_double_backward():
+    torch.manual_seed(3)
+    x = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    mask = torch.rand(6, 5) < 0.6
+    c = torch.rand(1, 5, dtype=torch.float64) + 0.5
+    assert torch.autograd.gradcheck(lambda t: fast.masked_scale(t, mask, c), (x,))
+    assert torch.autograd.gradgradcheck(lambda t: fast.masked_scale(t, mask, c) ** 2, (x,))
+
+
+def test_seeded_runs_repeat_and_thread_count_does_not_matter(backend):
+    shape = (256, 1024)  # large enough for the kernel to go parallel
+    x = torch.randn(shape)
+    outs = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, max(2, threads)):
+            torch.set_num_threads(n)
+            torch.manual_seed(5)
+            outs.append(QSD(rate=0.5, gamma=2.0)(x))
+    finally:
+        torch.set_num_threads(threads)
+    assert_same_bits(outs[0], outs[1])
+    torch.manual_seed(6)
+    assert not torch.equal(QSD(rate=0.5, gamma=2.0)(x), outs[0])
+
+
+# --------------------------------------------------------------------------- memory for backward
+def saved_bytes(fn, x):
+    """Bytes of the distinct storages autograd keeps for backward of fn(x), except x's own."""
+    storages = {}
+    own = x.untyped_storage().data_ptr()
+
+    def pack(t):
+        s = t.untyped_storage()
+        if s.data_ptr() != own:
+            storages[s.data_ptr()] = (s.nbytes(), t.dtype, t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = fn(x)
+    return y, storages
+
+
+@pytest.mark.parametrize("name", ["qsd", "dropout"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(64, 512), (16, 8, 6, 6)])
+def test_at_most_one_byte_per_element_kept_for_backward(name, dtype, shape, backend):
+    torch.manual_seed(0)
+    x = torch.randn(shape).to(dtype).requires_grad_()
+    m = build(name, rate=0.5).train()
+    y, storages = saved_bytes(m, x)
+    numel = x.numel()
+    units = numel // shape[0]
+    per_element = [b for b, _, n in storages.values() if n >= numel]
+    per_unit = [b for b, _, n in storages.values() if n < numel]
+    # the mask: one byte per element; c: one value per unit (never a float per element)
+    assert sum(per_element) <= numel
+    assert all(dt == torch.bool for _, dt, n in storages.values() if n >= numel)
+    assert sum(per_unit) <= units * x.element_size()
+    assert sum(b for b, _, _ in storages.values()) / numel <= 1 + x.element_size() / shape[0]
+    y.sum().backward()  # and backward works from what was kept
+
+
+def test_reference_path_keeps_a_float_per_element():
+    """What the fast path saves us: the reference keeps the float multiplier."""
+    x = torch.randn(64, 512, requires_grad=True)
+    draw = draw_quanta((1, 512), 0.5, 4.0)
+    _, storages = saved_bytes(lambda t: release(t, draw, (64, 512))[0], x)
+    assert sum(b for b, _, _ in storages.values()) >= 4 * x.numel()
+
+
+# --------------------------------------------------------------------------- modules
+def test_modules_use_the_fast_path_and_can_switch_back(monkeypatch):
+    x = torch.randn(32, 64, requires_grad=True)
+    y = QSD(rate=0.5)(x)
+    assert type(y.grad_fn).__name__.startswith("_Release")
+    y = Dropout(rate=0.5)(x)
+    assert type(y.grad_fn).__name__.startswith("_Release")  # on CPU, instead of F.dropout
+    monkeypatch.setattr(fast, "ENABLED", False)
+    y = QSD(rate=0.5)(x)
+    assert type(y.grad_fn).__name__ == "MulBackward0"
+    torch.manual_seed(0)
+    a = QSD(rate=0.5)(x)
+    torch.manual_seed(0)
+    unit_shape, mask_shape = unit_and_mask_shapes(x.shape, None, ())
+    draw = draw_quanta(unit_shape, 0.5, 4.0, "coupled")
+    assert torch.equal(a, release(x, draw, mask_shape)[0])
+
+
+@pytest.mark.parametrize("mode", ["coupled", "size", "release", "independent"])
+def test_statistics_still_collected(mode, backend):
+    torch.manual_seed(0)
+    m = QSD(rate=0.5, gamma=4.0, mode=mode).train()
+    m.collect_statistics = True
+    y = m(torch.ones(50, 400))
+    st = m.last_statistics
+    assert st.p.dtype == torch.float32 and st.c.dtype == torch.float32
+    assert abs(st.release_fraction - 0.5) < 0.02
+    assert abs(st.multiplier_mean - 1) < 0.06
+    assert st.release_fraction == pytest.approx((y != 0).float().mean().item())
+    d = Dropout(rate=0.3).train()
+    d.collect_statistics = True
+    d(torch.ones(50, 400))
+    assert d.last_statistics.gamma is None and abs(d.last_statistics.release_fraction - 0.7) < 0.02
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_and_reduced_precision_modules(dtype, backend):
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(16, 16)
+    reg = QSD(rate=0.5, gamma=4.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h = lin(torch.randn(32, 16))
+        y = reg(h)
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert lin.weight.grad is not None and torch.isfinite(lin.weight.grad).all()
+    x = torch.randn(8, 32).to(dtype).requires_grad_()
+    y = QSD(rate=0.5)(x)
+    y.sum().backward()
+    assert x.grad.dtype == dtype
+
+
+def test_fast_draws_follow_the_reference_equations():
+    """draw_quanta_fast: same shapes, dtypes and support; p Beta with mean k, c mean 1/k."""
+    torch.manual_seed(0)
+    for mode in ("release", "size", "independent", "coupled"):
+        ref = draw_quanta((1, 5), 0.3, 4.0, mode)
+        d = fast.draw_quanta_fast((1, 5), 0.3, 4.0, mode)
+        assert d.p.shape == ref.p.shape and d.c.shape == ref.c.shape
+        assert d.p.dtype == d.c.dtype == torch.float32
+    d = fast.draw_quanta_fast((200_000,), 0.3, 4.0, "release")
+    assert abs(d.p.mean().item() - 0.7) < 0.002
+    var_p = 0.7 * 0.3**2 / (4.0 + 0.3)
+    assert abs(d.p.var().item() - var_p) < 0.05 * var_p
+    d = fast.draw_quanta_fast((200_000,), 0.3, 4.0, "size")
+    assert abs(d.c.mean().item() - 1 / 0.7) < 0.01
+
+
+# --------------------------------------------------------------------------- accelerators
+def test_triton_kernel_in_interpreter():
+    """The CUDA kernels' logic, run by Triton's CPU interpreter (subprocess: the interpreter
+    is chosen when the kernels are defined). bf16 is left out: the interpreter truncates
+    float32 -> bf16 where GPUs round to nearest even."""
+    pytest.importorskip("triton")
+    code = textwrap.dedent(
+        """
+        import torch
+        from qsd_lightning.regularisers import _triton, fast
+        from qsd_lightning.regularisers.functional import draw_quanta
+        assert _triton._build() is not None
+        torch.manual_seed(0)
+        for dtype in (torch.float32, torch.float64, torch.float16):
+            for gamma, mode in ((4.0, "coupled"), (None, "coupled"), (2.0, "size")):
+                x = torch.randn(16, 96).to(dtype).requires_grad_()
+                d = draw_quanta((1, 96), 0.3, gamma, mode)
+                y, m = _triton.release(x, d, (16, 96), fast.RandomBits("cpu"))
+                ref = x * (m * d.c).to(dtype)
+                assert torch.equal(y, ref), dtype
+                g = torch.randn(16, 96).to(dtype)
+                assert torch.equal(_triton.scale(g, m, d.c.to(dtype)), g * (m * d.c).to(dtype))
+        x = torch.ones(512, 256)
+        d = draw_quanta((1, 256), 0.3, None)
+        _, m = _triton.release(x, d, tuple(x.shape), fast.RandomBits("cpu"))
+        frac = m.double().mean().item()
+        assert abs(frac - 0.7) < 5 * (0.21 / m.numel()) ** 0.5, frac
+        print("ok")
+        """
+    )
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+@cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS[:5], ids=lambda v: str(v))
+def test_cuda_fast_release_matches_reference(dtype, layout):
+    shape, unit_dims, locked = layout
+    torch.manual_seed(0)
+    unit_shape, mask_shape = unit_and_mask_shapes(shape, unit_dims, locked)
+    draw = draw_quanta(unit_shape, 0.4, 4.0, "coupled", device="cuda")
+    x = torch.randn(shape, device="cuda").to(dtype).requires_grad_()
+    xr = x.detach().clone().requires_grad_()
+    y, mask = fast.fast_release(x, draw, mask_shape)
+    ref = reference_multiply(xr, mask, draw.c)
+    assert_same_bits(y, ref)
+    g = torch.randn(shape, device="cuda").to(dtype)
+    y.backward(g)
+    ref.backward(g)
+    assert_same_bits(x.grad, xr.grad)
+    _, storages = saved_bytes(QSD(rate=0.5).cuda(), x)
+    assert sum(b for b, _, n in storages.values() if n >= x.numel()) <= x.numel()
+
+
+@cuda
+def test_cuda_release_fraction():
+    torch.manual_seed(0)
+    y = QSD(rate=0.3, gamma=None)(torch.ones(4096, 1024, device="cuda"))
+    frac = (y != 0).double().mean().item()
+    assert abs(frac - 0.7) < 5 * math.sqrt(0.21 / y.numel())
