@@ -23,6 +23,7 @@ from . import tasks as _tasks  # noqa: F401  (makes the models resolvable by cla
 from .callbacks import ProgressBar, RankNoiseSeed, RNGStateCheckpoint
 from .cli_errors import ConciseArgumentParser
 from .data import CorruptDataError, DataNotFoundError
+from .tasks.language_model import VocabularyMismatchError
 from .tracking import CHECKPOINT_KEY, LoggerSaveConfigCallback, WandbLogger
 
 
@@ -62,7 +63,7 @@ def check_checkpoint_fits(checkpoint: dict, model: torch.nn.Module, path: str | 
 __all__ = ["QSDLightningCLI", "cli_main", "main"]
 
 #: errors that are the user's input, not a bug: reported in one line, exit status 1
-USER_ERRORS = (DataNotFoundError, CorruptDataError, FloatingPointError, CheckpointError)
+USER_ERRORS = (DataNotFoundError, CorruptDataError, FloatingPointError, CheckpointError, VocabularyMismatchError)
 
 
 class QSDLightningCLI(LightningCLI):

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from .functional import QuantalDraw, check_rate
 
-__all__ = ["Regulariser", "ReleaseStatistics", "site_factory"]
+__all__ = ["Regulariser", "ReleaseStatistics", "materialise", "site_factory"]
 
 
 @dataclass
@@ -80,12 +80,24 @@ class Regulariser(nn.Module):
             self.last_statistics = ReleaseStatistics.from_draw(draw, mask, gamma)
 
 
+def materialise(template: nn.Module) -> nn.Module:
+    """A plain instance for a jsonargparse ``lazy_instance`` default (used as a constructor
+    default in the tasks; its attributes exist only once initialised); other modules unchanged."""
+    mro = type(template).__mro__
+    lazy = [i for i, cls in enumerate(mro) if cls.__name__ == "_LazyInitBaseClass"]
+    if not lazy:
+        return template
+    return mro[lazy[0] + 1](**template.config())
+
+
 def site_factory(template: Regulariser):
     """Factory ``rate -> module`` building a fresh copy of ``template`` for one site.
 
     Networks take such factories so that one configured regulariser (from YAML or the
     command line) can serve every site, each at its own rate.
     """
+
+    template = materialise(template)
 
     def build(rate: float) -> nn.Module:
         return template.clone(rate=rate)

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..models import MLP
-from ..regularisers import Dropout, Regulariser, site_factory
+from ..regularisers import Dropout, Regulariser, materialise, site_factory
 from ..regularisers.types import Rate
 
 __all__ = ["ClassificationTask", "MLPClassifier"]
@@ -115,6 +115,7 @@ class MLPClassifier(ClassificationTask):
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
     ) -> None:
+        regulariser = materialise(regulariser)
         default_rate = regulariser.rate
         net = MLP(
             in_features,

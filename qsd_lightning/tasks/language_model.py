@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from ..models.language_model import LSTMLanguageModel, LSTMState
-from ..regularisers import Dropout, NoRegulariser, Regulariser
+from ..regularisers import Dropout, NoRegulariser, Regulariser, materialise
 from ..regularisers.types import Rate
 from ..regularisers.variants import LockedDropout, WeightDrop
 
@@ -25,16 +25,6 @@ STAGES = ("train", "val", "test")
 
 class VocabularyMismatchError(ValueError):
     """The model's ``vocab_size`` differs from the data's vocabulary."""
-
-
-def _concrete(template: Regulariser) -> Regulariser:
-    """A plain instance of a jsonargparse ``lazy_instance`` default (whose attributes and
-    ``clone`` only work once initialised); other modules are returned as they are."""
-    mro = type(template).__mro__
-    lazy = [i for i, c in enumerate(mro) if c.__name__ == "_LazyInitBaseClass"]
-    if not lazy:
-        return template
-    return mro[lazy[0] + 1](**template.config())
 
 
 def _site_factory(template: Regulariser, locked: bool):
@@ -118,17 +108,17 @@ class LanguageModel(L.LightningModule):
     ) -> None:
         super().__init__()
 
-        regulariser = _concrete(regulariser)
+        regulariser = materialise(regulariser)
 
         def site(own: Optional[Regulariser], rate: Optional[float]):
-            template = _concrete(own) if own is not None else regulariser
+            template = materialise(own) if own is not None else regulariser
             chosen = rate if rate is not None else template.rate
             return _site_factory(template, locked), chosen
 
         embedding_factory, embedding_rate_ = site(embedding_regulariser, embedding_rate)
         hidden_factory, hidden_rate_ = site(hidden_regulariser, hidden_rate)
         output_factory, output_rate_ = site(output_regulariser, output_rate)
-        weight_drop_template = _concrete(weight_drop_regulariser) if weight_drop_regulariser is not None else WeightDrop(0.0)
+        weight_drop_template = materialise(weight_drop_regulariser) if weight_drop_regulariser is not None else WeightDrop(0.0)
         self.net = LSTMLanguageModel(
             vocab_size,
             embedding_size,
