@@ -216,6 +216,22 @@ def test_double_backward():
     assert torch.autograd.gradgradcheck(lambda t: fast.masked_scale(t, mask, c) ** 2, (x,))
 
 
+@pytest.mark.parametrize("mode", ["coupled", "release"])
+def test_double_backward_through_sampled_release(mode, backend):
+    """create_graph through the fused forward (c flat per unit, viewed back to broadcast)."""
+    torch.manual_seed(4)
+    shape = (5, 3, 4)
+    draw = draw_quanta((1, 3, 4), 0.5, 2.0, mode)
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+
+    def f(t):
+        torch.manual_seed(0)  # the same mask at every call
+        return fast.fast_release(t, draw, shape)[0] ** 2
+
+    assert torch.autograd.gradcheck(f, (x,))
+    assert torch.autograd.gradgradcheck(f, (x,))
+
+
 def test_seeded_runs_repeat_and_thread_count_does_not_matter(backend):
     shape = (256, 1024)  # large enough for the kernel to go parallel
     x = torch.randn(shape)

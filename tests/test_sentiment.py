@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import random
+import re
 import tarfile
 import time
 from pathlib import Path
@@ -118,10 +119,17 @@ def test_sst2_config_qsd_locked(run_cli, tmp_path):
     assert "test: dev.tsv" in dm.split_note
 
 
-def test_vocab_size_mismatch_is_a_clear_error(run_cli, tmp_path):
+def test_vocab_size_mismatch_is_a_one_line_error(tmp_path, capsys):
+    from qsd_lightning.cli import main
+
     data = write_tsv(tmp_path / "sst2")
-    with pytest.raises(ValueError, match=r"vocab_size is 7 but the data module's vocabulary has \d+"):
-        run_cli("fit", "--config", str(CONFIGS / "rnn_sst2.yaml"), "--trainer.fast_dev_run=true", f"--data.data_dir={data}", "--model.vocab_size=7", *SMALL)
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", str(CONFIGS / "rnn_sst2.yaml"), "--trainer.fast_dev_run=true", f"--data.data_dir={data}",
+              "--model.vocab_size=7", "--trainer.accelerator=cpu", f"--trainer.default_root_dir={tmp_path}",
+              "--trainer.enable_progress_bar=false", *SMALL])
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert re.match(r"error: SentimentClassifier: model.vocab_size is 7 but the data module's vocabulary has \d+ tokens", err)
 
 
 def test_fit_then_test_from_checkpoint(run_cli, tmp_path):
@@ -176,6 +184,8 @@ def test_locked_site_masks_every_time_step_alike():
 
 
 def test_task_rates_default_to_template_rate():
+    default = SentimentClassifier(vocab_size=30)  # the lazy_instance default template, outside the CLI
+    assert isinstance(default.net.embedding_reg, Dropout) and default.net.output_reg.rate == 0.5
     task = SentimentClassifier(vocab_size=30, embedding_dim=4, hidden_size=4, num_layers=2,
                                regulariser=QSD(rate=0.4), hidden_rate=0.1, output_rate=0.0)
     net = task.net

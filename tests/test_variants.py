@@ -110,9 +110,13 @@ def test_spatial_whole_channels(shape):
     assert (flat[:, :, 0] == 0).float().mean().item() == pytest.approx(rate, abs=0.05)
 
 
-def test_spatial_needs_channels():
-    with pytest.raises(ValueError, match="ndim >= 3"):
-        SpatialDropout(0.5)(torch.ones(4, 5))
+def test_spatial_on_features_is_elementwise():
+    torch.manual_seed(0)
+    y = SpatialDropout(0.5)(torch.ones(400, 50))
+    assert 0.4 < (y == 0).float().mean().item() < 0.6
+    assert not torch.equal(y[:, :1].expand_as(y), y)  # not one mask per sample
+    with pytest.raises(ValueError, match=r"\[B, C, ...\]"):
+        SpatialDropout(0.5)(torch.ones(4))
 
 
 # ---------------------------------------------------------------- locked

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from ..regularisers.variants import EmbeddingDropout, apply_weight_drop, embedded
+from .recurrent import run_recurrent
 
 __all__ = ["LSTMLanguageModel", "LSTMState"]
 
@@ -115,7 +116,7 @@ class LSTMLanguageModel(nn.Module):
             x = self.embedding_reg(x)
             new_state: LSTMState = []
             for i, lstm in enumerate(self.lstms):
-                x, (h, c) = lstm(x, state[i])
+                x, (h, c) = run_recurrent(lstm, x, state[i])
                 new_state.append((h, c))
                 if i < self.num_layers - 1:
                     x = self.hidden_regs[i](x)

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from .mlp import RegulariserFactory, _identity_factory
+from .recurrent import run_recurrent
 
 __all__ = ["RecurrentClassifier", "SITES"]
 
@@ -94,7 +95,7 @@ class RecurrentClassifier(nn.Module):
             if i > 0:
                 x = self.hidden_regs[i - 1](x)
             packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-            out, final = rnn(packed)
+            out, final = run_recurrent(rnn, packed)
             x, _ = pad_packed_sequence(out, batch_first=True, total_length=steps)
         features = self._pool(x, final, lengths)
         return self.output(self.output_reg(features))

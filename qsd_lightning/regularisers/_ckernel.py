@@ -38,6 +38,7 @@ __all__ = ["available", "usable", "usable_release", "scale", "release", "thresho
 
 _SOURCE = r"""
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define GOLDEN 0x9e3779b97f4a7c15ULL
@@ -128,9 +129,15 @@ static void fix_ties_##SUF(const T *x, T *y, uint8_t *mk, const uint8_t *tb,    
     }                                                                                          \
 }                                                                                              \
                                                                                                \
-void qsd_fwd_##SUF(const T *x, T *y, uint8_t *mk, int64_t n, int64_t U,                       \
-                   const uint8_t *hi, const int32_t *lo, int64_t ps, const T *c, int64_t cs,   \
-                   uint64_t seed, uint64_t seed2, int nthreads) {                              \
+int qsd_fwd_##SUF(const T *x, T *y, uint8_t *mk, int64_t n, int64_t U,                        \
+                  const float *p, int64_t ps, const T *c, int64_t cs,                          \
+                  uint64_t seed, uint64_t seed2, int nthreads) {                               \
+    int64_t nu = ps ? U : 1;                                                                   \
+    uint8_t *hi = (uint8_t *)malloc((size_t)nu * 5);                                           \
+    if (!hi) return -1;                                                                        \
+    int32_t *lo = (int32_t *)malloc((size_t)nu * sizeof(int32_t));                            \
+    if (!lo) { free(hi); return -1; }                                                          \
+    qsd_thresholds(p, nu, hi, lo);                                                             \
     int64_t nch = (n + CHUNK - 1) / CHUNK;                                                     \
     _Pragma("omp parallel for num_threads(nthreads) schedule(static) if(nthreads > 1 && nch > 1)") \
     for (int64_t ch = 0; ch < nch; ++ch) {                                                     \
@@ -158,6 +165,9 @@ void qsd_fwd_##SUF(const T *x, T *y, uint8_t *mk, int64_t n, int64_t U,         
             }                                                                                  \
         }                                                                                      \
     }                                                                                          \
+    free(hi);                                                                                  \
+    free(lo);                                                                                  \
+    return 0;                                                                                  \
 }                                                                                              \
                                                                                                \
 static inline void scale_seg_##SUF(const T *g, const uint8_t *mk, T *out, const T *c,         \
@@ -248,8 +258,8 @@ def _load() -> ctypes.CDLL | None:
             lib = ctypes.CDLL(str(target))
             i64, u64, ptr, cint = ctypes.c_int64, ctypes.c_uint64, ctypes.c_void_p, ctypes.c_int
             for suf in _SUFFIX.values():
-                getattr(lib, f"qsd_fwd_{suf}").argtypes = [ptr, ptr, ptr, i64, i64, ptr, ptr, i64, ptr, i64, u64, u64, cint]
-                getattr(lib, f"qsd_fwd_{suf}").restype = None
+                getattr(lib, f"qsd_fwd_{suf}").argtypes = [ptr, ptr, ptr, i64, i64, ptr, i64, ptr, i64, u64, u64, cint]
+                getattr(lib, f"qsd_fwd_{suf}").restype = cint
                 getattr(lib, f"qsd_scale_{suf}").argtypes = [ptr, ptr, ptr, i64, i64, ptr, i64, cint]
                 getattr(lib, f"qsd_scale_{suf}").restype = None
             lib.qsd_thresholds.argtypes = [ptr, i64, ptr, ptr]
@@ -292,28 +302,8 @@ def _threads(n: int) -> int:
     return 1 if n < 2 * 65536 else max(1, torch.get_num_threads())
 
 
-def scale(x: Tensor, mask: Tensor, c: Tensor) -> Tensor:
-    """``x * (mask * c).to(x.dtype)`` (``c`` already in x's dtype), one pass."""
-    from .fast import unit_arrays
-
-    lib = _load()
-    shape = tuple(x.shape)
-    arrays = unit_arrays(shape, c.to(x.dtype))
-    if arrays is None:
-        raise ValueError("scale: c does not broadcast to x as a per-unit value")
-    (cf,), units = arrays
-    x = x.contiguous()
-    mask = mask.contiguous()
-    out = torch.empty_like(x, memory_format=torch.contiguous_format)
-    n = x.numel()
-    getattr(lib, f"qsd_scale_{_SUFFIX[x.dtype]}")(
-        x.data_ptr(), mask.data_ptr(), out.data_ptr(), n, units or n, cf.data_ptr(), 1 if units else 0, _threads(n)
-    )
-    return out
-
-
 def thresholds(p: Tensor) -> tuple[Tensor, Tensor]:
-    """:func:`.fast.thresholds` of a flat or 0-d float32 CPU tensor, in one C call."""
+    """:func:`.fast.thresholds` of a float32 CPU tensor in one C call (what ``qsd_fwd`` does)."""
     pf = p.float().contiguous()
     hi = torch.empty(pf.shape, dtype=torch.uint8)
     lo = torch.empty(pf.shape, dtype=torch.int32)
@@ -321,38 +311,78 @@ def thresholds(p: Tensor) -> tuple[Tensor, Tensor]:
     return hi, lo
 
 
+def _scaler(units: int, dtype: torch.dtype):
+    """``(g, mask, cf) -> g * (mask ? cf[i mod units] : 0)`` (cf flat per unit, or 0-d)."""
+    fn = getattr(_load(), f"qsd_scale_{_SUFFIX[dtype]}")
+
+    def scale(g: Tensor, mask: Tensor, cf: Tensor) -> Tensor:
+        g = g.contiguous()
+        out = torch.empty_like(g, memory_format=torch.contiguous_format)
+        n = g.numel()
+        per_unit = cf.dim() > 0
+        fn(g.data_ptr(), mask.data_ptr(), out.data_ptr(), n, units if per_unit else n, cf.data_ptr(), int(per_unit), _threads(n))
+        return out
+
+    return scale
+
+
+def _suffix_shape(shape: tuple[int, ...], units: int) -> tuple[int, ...]:
+    """The trailing dims of ``shape`` holding ``units`` elements (the shape of a flat per-unit
+    array as a broadcastable tensor); () for a scalar."""
+    if not units:
+        return ()
+    n = 1
+    for d in range(len(shape) - 1, -1, -1):
+        n *= shape[d]
+        if n == units:
+            return tuple(shape[d:])
+    raise ValueError(f"{units} units do not fill trailing dims of {shape}")
+
+
+def scale(x: Tensor, mask: Tensor, c: Tensor) -> Tensor:
+    """``x * (mask * c).to(x.dtype)`` (``c`` already in x's dtype), one pass."""
+    from .fast import unit_arrays
+
+    shape = tuple(x.shape)
+    arrays = unit_arrays(shape, c)
+    if arrays is None:
+        raise ValueError("scale: c does not broadcast to x as a per-unit value")
+    (cf,), units = arrays
+    return _scaler(units, x.dtype)(x, mask.contiguous(), cf)
+
+
 def release(x: Tensor, draw, mask_shape, bits) -> tuple[Tensor, Tensor]:
     """Fused sample-and-scale forward of :func:`.fast.fast_release` (same contract)."""
-    from .fast import _Release, unit_arrays
+    from .fast import _Release, masked_scale, sample_mask, unit_arrays
 
-    lib = _load()
     shape = tuple(x.shape)
-    c = draw.c.to(x.dtype)
+    c = draw.c if draw.c.dtype == x.dtype else draw.c.to(x.dtype)
     arrays = unit_arrays(shape, draw.p, c)
     if arrays is None:  # exotic broadcast: eager path
-        from .fast import masked_scale, sample_mask
-
         mask = sample_mask(draw.p, mask_shape, bits, device=x.device)
         return masked_scale(x, mask, draw.c), mask
     (pf, cf), units = arrays
-    hi, lo = thresholds(pf)
+    if pf.dtype != torch.float32:
+        pf = pf.float()
     ps = 1 if pf.dim() else 0
     cs = 1 if cf.dim() else 0
     seed, seed2 = bits.seeds(2)
-    fwd = getattr(lib, f"qsd_fwd_{_SUFFIX[x.dtype]}")
+    fwd = getattr(_load(), f"qsd_fwd_{_SUFFIX[x.dtype]}")
 
     def compute(xd: Tensor) -> tuple[Tensor, Tensor]:
         xd = xd.contiguous()
         n = xd.numel()
         y = torch.empty_like(xd, memory_format=torch.contiguous_format)
         mask = torch.empty(shape, dtype=torch.bool)
-        fwd(
+        status = fwd(
             xd.data_ptr(), y.data_ptr(), mask.data_ptr(), n, units or n,
-            hi.data_ptr(), lo.data_ptr(), ps, cf.data_ptr(), cs, seed, seed2, _threads(n),
+            pf.data_ptr(), ps, cf.data_ptr(), cs, seed, seed2, _threads(n),
         )
+        if status:
+            raise MemoryError("qsd_fwd: out of memory")
         return y, mask
 
-    return _Release.apply(x, c, compute)
+    return _Release.apply(x, cf, compute, _scaler(units, x.dtype), _suffix_shape(shape, units if cs else 0))
 
 
 def uniform24(seed: int, seed2: int, start: int, n: int) -> Tensor:

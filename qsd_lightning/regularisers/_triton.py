@@ -117,27 +117,38 @@ def _grid(n: int):
     return ((n + _BLOCK - 1) // _BLOCK,)
 
 
+def _scaler(units: int):
+    """``(g, mask, cf) -> g * (mask ? cf[i mod units] : 0)`` (cf flat per unit, or 0-d)."""
+    _, _, scale_kernel = _build()
+
+    def scale(g: Tensor, mask: Tensor, cf: Tensor) -> Tensor:
+        g = g.contiguous()
+        out = torch.empty_like(g, memory_format=torch.contiguous_format)
+        n = g.numel()
+        per_unit = cf.dim() > 0
+        scale_kernel[_grid(n)](
+            g, mask.view(torch.uint8), out, cf, n, units if per_unit else 1,
+            CS=per_unit, F64=g.dtype == torch.float64, BLOCK=_BLOCK,
+        )
+        return out
+
+    return scale
+
+
 def scale(x: Tensor, mask: Tensor, c: Tensor) -> Tensor:
     """``x * (mask * c).to(x.dtype)`` in one pass (``c`` already in x's dtype)."""
     from .fast import unit_arrays
 
-    _, _, scale_kernel = _build()
     arrays = unit_arrays(tuple(x.shape), c)
     if arrays is None:
         raise ValueError("scale: c does not broadcast to x as a per-unit value")
     (cf,), units = arrays
-    x = x.contiguous()
-    out = torch.empty_like(x, memory_format=torch.contiguous_format)
-    n = x.numel()
-    scale_kernel[_grid(n)](
-        x, mask.contiguous().view(torch.uint8), out, cf, n, units or 1,
-        CS=bool(units), F64=x.dtype == torch.float64, BLOCK=_BLOCK,
-    )
-    return out
+    return _scaler(units)(x, mask.contiguous(), cf)
 
 
 def release(x: Tensor, draw, mask_shape, bits) -> tuple[Tensor, Tensor]:
     """Fused sample-and-scale forward of :func:`.fast.fast_release` (same contract)."""
+    from ._ckernel import _suffix_shape
     from .fast import _Release, masked_scale, sample_mask, unit_arrays
 
     shape = tuple(x.shape)
@@ -163,4 +174,4 @@ def release(x: Tensor, draw, mask_shape, bits) -> tuple[Tensor, Tensor]:
         )
         return y, mask
 
-    return _Release.apply(x, c, compute)
+    return _Release.apply(x, cf, compute, _scaler(units), _suffix_shape(shape, units if cf.dim() else 0))

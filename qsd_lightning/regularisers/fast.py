@@ -160,19 +160,25 @@ def draw_quanta_fast(
     if bits.np is None:  # no numpy: the reference draws
         return draw_quanta(unit_shape, rate, gamma, mode, device=device)
     k = 1.0 - rate
-    f32 = dict(dtype=torch.float32, device=device)
-    x = bits.standard_gamma(gamma * k / rate, unit_shape) / (gamma * k)
-    y = bits.standard_gamma(gamma, unit_shape) / (gamma * k)
+    gk = gamma * k
+    size = tuple(int(s) for s in unit_shape)
+    gen = bits.np
+    # float32 numpy arithmetic, the same operations as the reference's float32 torch ones
+    x = gen.standard_gamma(gamma * k / rate, size=size, dtype=_np.float32)
+    x /= gk
+    y = gen.standard_gamma(gamma, size=size, dtype=_np.float32)
+    y /= gk
     p = x / (x + y)
+    f32 = dict(dtype=torch.float32, device=device)
     if mode == "release":
-        return QuantalDraw(p=p, c=torch.tensor(1.0 / k, **f32))
+        return QuantalDraw(p=torch.from_numpy(p), c=torch.tensor(1.0 / k, **f32))
     if mode == "size":
-        return QuantalDraw(p=torch.tensor(k, **f32), c=y)
+        return QuantalDraw(p=torch.tensor(k, **f32), c=torch.from_numpy(y))
     if mode == "independent":
-        perm = bits.permutation(y.numel())
-        return QuantalDraw(p=p, c=y.flatten()[perm].view_as(y))
+        c = y.reshape(-1)[gen.permutation(y.size)].reshape(y.shape)
+        return QuantalDraw(p=torch.from_numpy(p), c=torch.from_numpy(c))
     if mode == "coupled":
-        return QuantalDraw(p=p, c=y * ((gamma + rate) / gamma))
+        return QuantalDraw(p=torch.from_numpy(p), c=torch.from_numpy(y * ((gamma + rate) / gamma)))
     return draw_quanta(unit_shape, rate, gamma, mode, device=device)  # raises the usual error
 
 
@@ -340,24 +346,26 @@ class _Release(torch.autograd.Function):
     """y = x * (m * c) where ``compute(x)`` returns ``(y, m)`` (drawing m, or given it).
 
     Saves only the boolean mask m (1 byte per mask element) and ``c`` in x's dtype (one value
-    per unit), never a float per element; backward rebuilds ``grad * (m * c)`` exactly as the
-    reference's autograd would (``MulBackward``: grad times the multiplier). Twice
-    differentiable: with ``create_graph`` the backward is itself a :func:`masked_scale`.
+    per unit), never a float per element; backward is ``scaler(grad, m, c)`` =
+    ``grad * (m * c)``, exactly what the reference's autograd computes (``MulBackward``:
+    grad times the multiplier). Twice differentiable: under ``create_graph`` the backward is
+    itself a :func:`masked_scale` (``c`` viewed as ``c_shape`` to broadcast).
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, c: Tensor, compute: Callable[[Tensor], tuple[Tensor, Tensor]]):
+    def forward(ctx, x: Tensor, c: Tensor, compute, scaler, c_shape):
         y, mask = compute(x.detach())
         ctx.mark_non_differentiable(mask)
         ctx.save_for_backward(mask, c)
+        ctx.scaler, ctx.c_shape = scaler, c_shape
         return y, mask
 
     @staticmethod
     def backward(ctx, grad: Tensor, _grad_mask: Optional[Tensor]):
         mask, c = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: keep the backward differentiable
-            return masked_scale(grad, mask, c), None, None
-        return _scale(grad, mask, c), None, None
+            return masked_scale(grad, mask, c.view(ctx.c_shape)), None, None, None, None
+        return ctx.scaler(grad, mask, c), None, None, None, None
 
 
 def masked_scale(x: Tensor, mask: Tensor, c: Tensor) -> Tensor:
@@ -367,7 +375,7 @@ def masked_scale(x: Tensor, mask: Tensor, c: Tensor) -> Tensor:
     ``mask`` is boolean, broadcastable to ``x``; ``c`` is a 0-d or per-unit scale.
     """
     c = c.to(device=x.device, dtype=x.dtype)
-    return _Release.apply(x, c, lambda xd: (_scale(xd, mask, c), mask))[0]
+    return _Release.apply(x, c, lambda xd: (_scale(xd, mask, c), mask), _scale, tuple(c.shape))[0]
 
 
 # --------------------------------------------------------------------------- public entry points

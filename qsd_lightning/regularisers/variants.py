@@ -116,15 +116,16 @@ class _ShapeLockedDropout(Dropout):
 @register("spatial_dropout")
 class SpatialDropout(_ShapeLockedDropout):
     """Channel dropout: one mask entry per sample and channel (dim 1), shared by every later
-    dim, for inputs of any ndim >= 3 (``[B, C, L]``, ``[B, C, H, W]``, ...); scaled 1/k.
-    Like torch's ``Dropout1d/2d/3d`` without their ndim restrictions."""
+    dim (``[B, C, L]``, ``[B, C, H, W]``, ...); scaled 1/k. Like torch's ``Dropout1d/2d/3d``
+    without their ndim restrictions. A ``[B, F]`` input has no spatial dims: each feature is
+    its own channel, so the mask is elementwise (standard dropout)."""
 
     def __init__(self, rate: Rate = 0.5) -> None:
         super().__init__(rate)
 
     def locked_for(self, x: Tensor) -> tuple[int, ...]:
-        if x.ndim < 3:
-            raise ValueError(f"spatial_dropout needs an input [B, C, ...] with ndim >= 3, got shape {tuple(x.shape)}")
+        if x.ndim < 2:
+            raise ValueError(f"spatial_dropout needs an input [B, C, ...], got shape {tuple(x.shape)}")
         return tuple(range(2, x.ndim))
 
 

@@ -11,22 +11,12 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from ..models.sentiment import RecurrentClassifier
-from ..regularisers import Dropout, NoRegulariser, Regulariser, name_of, site_factory
+from ..regularisers import Dropout, NoRegulariser, Regulariser, materialise, name_of, site_factory
 from ..regularisers.types import Rate
 from .classification import ClassificationTask
+from .language_model import VocabularyMismatchError
 
 __all__ = ["SentimentClassifier", "sequence_site_factory", "vector_site_factory"]
-
-
-def _concrete(template: Regulariser) -> Regulariser:
-    """The template itself, or for jsonargparse's ``lazy_instance`` default (what a Python
-    caller gets; the CLI replaces it) an instance of the real class: ``clone`` builds
-    ``type(self)``, which for a lazy instance is a wrapper class."""
-    cls = type(template)
-    if not cls.__name__.startswith("LazyInstance_"):
-        return template
-    real = next(c for c in cls.__mro__[1:] if issubclass(c, Regulariser) and not c.__name__.startswith("LazyInstance_"))
-    return real(**template.config())
 
 
 def sequence_site_factory(template: Regulariser, locked: bool = False):
@@ -111,7 +101,7 @@ class SentimentClassifier(ClassificationTask):
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
     ) -> None:
-        regulariser = _concrete(regulariser)
+        regulariser = materialise(regulariser)  # a lazy_instance default, outside the CLI
         default_rate = regulariser.rate
         sequence_site = sequence_site_factory(regulariser, locked)  # fails early on a bad combination
         net_args = dict(
@@ -152,7 +142,7 @@ class SentimentClassifier(ClassificationTask):
             self.hparams["vocab_size"] = self.vocab_size  # checkpoints rebuild the same net
             self.net = RecurrentClassifier(self.vocab_size, **self._net_args)
         elif data_vocab is not None and int(data_vocab) != self.vocab_size:
-            raise ValueError(
+            raise VocabularyMismatchError(
                 f"SentimentClassifier: model.vocab_size is {self.vocab_size} but the data module's vocabulary "
                 f"has {data_vocab} tokens ({name}, vocabulary {getattr(datamodule, 'vocab_path', None)}). "
                 f"Set --model.vocab_size {data_vocab}, or null to take it from the data, or change "
