@@ -32,6 +32,8 @@ import time
 import warnings
 from typing import Callable
 
+import logging
+
 import torch
 from torch import Tensor, nn
 
@@ -105,6 +107,8 @@ def candidates(shape: tuple[int, ...], device: torch.device) -> dict[str, Callab
             out[name] = f"n/a ({str(err).splitlines()[0][:60]})"
             continue
         out[name] = module
+    if len(shape) >= 3:
+        out["qsd, units = last dim (unit_dims=(-1,))"] = R.QSD(rate=0.5, unit_dims=(-1,)).to(device).train()
     qsd = R.build("qsd", rate=0.5).to(device).train()
     out["qsd, reference path"] = with_switch(qsd, fast, "ENABLED", False)
     if device.type == "cpu" and _ckernel.available():
@@ -343,6 +347,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-training", action="store_true", help="only the regulariser table")
     args = parser.parse_args(argv)
 
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="lightning")
     repeats = args.repeats or (10 if args.quick else 50)
     steps = args.steps or (10 if args.quick else 50)
     lm_steps = args.lm_steps if args.lm_steps is not None else (3 if args.quick else 10)

@@ -21,13 +21,17 @@ from .test_sentiment import write_tsv
 from qsd_lightning.data.cifar import write_cifar_pickles  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("matrix")
+def build_tiny_data(root):
+    """Tiny CIFAR-10 pickles, PTB text and SST-2 tsv files under ``root``."""
     write_cifar_pickles(root / "cifar10", "cifar10", _arrays(24, 10, 0), _arrays(8, 10, 1))
     write_ptb(root / "ptb")
     write_tsv(root / "sst2")
     return root
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    return build_tiny_data(tmp_path_factory.mktemp("matrix"))
 
 
 def architecture_args(arch: str, data) -> list[str]:

@@ -5,7 +5,6 @@ All data is tiny and generated in tmp_path in the real formats; nothing touches 
 
 from __future__ import annotations
 
-import io
 import json
 import random
 import re

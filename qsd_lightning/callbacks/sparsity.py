@@ -100,7 +100,8 @@ class ActivationSparsity(L.Callback):
         self._stop()
         for name, metric in sorted(self._metrics.items()):
             for measure, value in metric.compute().items():  # all-reduce on every rank
-                pl_module.log(f"sparsity/{name}/{measure}", value.float(), on_step=False, on_epoch=True, sync_dist=False)
+                # already reduced over ranks by compute(): log once
+                pl_module.log(f"sparsity/{name}/{measure}", value.float(), on_step=False, on_epoch=True, rank_zero_only=True)
             metric.reset()
         self._metrics = {}
 

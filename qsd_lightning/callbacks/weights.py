@@ -34,8 +34,8 @@ class WeightDistributions(L.Callback):
                     continue
                 key = f"weights/{layer_name(module_name)}.{pname}"
                 values = param.detach().double()
-                pl_module.log(f"{key}/mean", values.mean().float(), on_step=False, on_epoch=True)
-                pl_module.log(f"{key}/std", values.std(unbiased=False).float(), on_step=False, on_epoch=True)
+                pl_module.log(f"{key}/mean", values.mean().float(), on_step=False, on_epoch=True, rank_zero_only=True)
+                pl_module.log(f"{key}/std", values.std(unbiased=False).float(), on_step=False, on_epoch=True, rank_zero_only=True)
                 tensors[key] = values
         if self.histograms and tensors:
             log_histograms(trainer, tensors)

@@ -51,13 +51,14 @@ static inline uint64_t mix64(uint64_t z) {  /* SplitMix64 output function */
     return z ^ (z >> 31);
 }
 
-/* top byte of K_i: byte (i mod 8) of mix64(seed + (i / 8) GOLDEN), for i0 (a multiple of 8) on */
+/* top byte of K_i: byte (i mod 8), in memory order, of the word mix64(seed + (i / 8) GOLDEN),
+   for i0 (a multiple of 8) on */
 static inline void fill_bytes(uint8_t *rb, uint64_t seed, int64_t i0, int64_t len) {
     uint64_t base = (uint64_t)(i0 >> 3);
     int64_t nw = (len + 7) >> 3;
     for (int64_t k = 0; k < nw; ++k) {
         uint64_t w = mix64(seed + (base + (uint64_t)k) * GOLDEN);
-        for (int q = 0; q < 8; ++q) rb[8 * k + q] = (uint8_t)(w >> (8 * q));
+        memcpy(rb + 8 * k, &w, 8);
     }
 }
 
@@ -69,7 +70,9 @@ void qsd_uniform24(uint64_t seed, uint64_t seed2, int64_t start, int64_t n, int3
     for (int64_t t = 0; t < n; ++t) {
         int64_t i = start + t;
         uint64_t w = mix64(seed + (uint64_t)(i >> 3) * GOLDEN);
-        uint32_t top = (uint32_t)(w >> (8 * (i & 7))) & 0xFFu;
+        uint8_t bytes[8];
+        memcpy(bytes, &w, 8);
+        uint32_t top = bytes[i & 7];
         out[t] = (int32_t)((top << 16) | low16(seed2, i));
     }
 }
@@ -82,15 +85,15 @@ void qsd_uniform24(uint64_t seed, uint64_t seed2, int64_t start, int64_t n, int3
 
 /* T = ceil(p 2^24) split as hi = min(T >> 16, 255), lo = T - hi 2^16 (as fast.thresholds) */
 void qsd_thresholds(const float *p, int64_t n, uint8_t *hi, int32_t *lo) {
-    for (int64_t i = 0; i < n; ++i) {
+    for (int64_t i = 0; i < n; ++i) {  /* branch-free: vectorises */
         float v = p[i];
-        if (!(v > 0.0f)) v = 0.0f;  /* NaN and p <= 0: never released */
-        if (v > 1.0f) v = 1.0f;
+        v = v > 0.0f ? v : 0.0f;  /* NaN and p <= 0: never released */
+        v = v < 1.0f ? v : 1.0f;
         float f = v * 16777216.0f;  /* exact */
         int32_t t = (int32_t)f;
-        if ((float)t < f) t += 1;   /* ceil */
+        t += (float)t < f;          /* ceil */
         int32_t h = t >> 16;
-        if (h > 255) h = 255;
+        h = h < 255 ? h : 255;
         hi[i] = (uint8_t)h;
         lo[i] = t - (h << 16);
     }
@@ -116,15 +119,20 @@ static inline void fwd_seg_##SUF(const T *x, T *y, uint8_t *mk, const uint8_t *r
 static void fix_ties_##SUF(const T *x, T *y, uint8_t *mk, const uint8_t *tb,                  \
                            const int32_t *lo, const T *c, int64_t len,                         \
                            int64_t PS, int64_t CS, uint64_t seed2, int64_t i0) {               \
-    for (int64_t k = 0; k < len; k += 8) {                                                     \
-        uint64_t w; memcpy(&w, tb + k, 8);                                                     \
-        while (w) {  /* flags are 0/1 bytes: visit the set ones (memory order) */              \
-            int64_t t = k + (FIRST_BYTE(w) >> 3);                                              \
-            w &= w - 1;                                                                        \
-            if (t >= len) break;                                                               \
-            uint8_t m = (int64_t)low16(seed2, i0 + t) < (int64_t)lo[t * PS];                   \
-            mk[t] = m;                                                                         \
-            y[t] = x[t] * (m ? c[t * CS] : (T)0);                                              \
+    for (int64_t k0 = 0; k0 < len; k0 += 32) {                                                 \
+        uint64_t v[4]; memcpy(v, tb + k0, 32);  /* skip 32 flags at a time: ~88% are all 0 */ \
+        if (!(v[0] | v[1] | v[2] | v[3])) continue;                                            \
+        for (int q = 0; q < 4; ++q) {                                                          \
+            uint64_t w = v[q];                                                                 \
+            int64_t k = k0 + 8 * q;                                                            \
+            while (w) {  /* flags are 0/1 bytes: visit the set ones (memory order) */          \
+                int64_t t = k + (FIRST_BYTE(w) >> 3);                                          \
+                w &= w - 1;                                                                    \
+                if (t >= len) break;                                                           \
+                uint8_t m = (int64_t)low16(seed2, i0 + t) < (int64_t)lo[t * PS];               \
+                mk[t] = m;                                                                     \
+                y[t] = x[t] * (m ? c[t * CS] : (T)0);                                          \
+            }                                                                                  \
         }                                                                                      \
     }                                                                                          \
 }                                                                                              \
@@ -141,12 +149,12 @@ int qsd_fwd_##SUF(const T *x, T *y, uint8_t *mk, int64_t n, int64_t U,          
     int64_t nch = (n + CHUNK - 1) / CHUNK;                                                     \
     _Pragma("omp parallel for num_threads(nthreads) schedule(static) if(nthreads > 1 && nch > 1)") \
     for (int64_t ch = 0; ch < nch; ++ch) {                                                     \
-        uint8_t rb[BLOCK + 8], tb[BLOCK + 8];                                                  \
+        uint8_t rb[BLOCK + 8], tb[BLOCK + 32];                                                  \
         int64_t s = ch * CHUNK, e = min64(n, s + CHUNK);                                       \
         for (int64_t b0 = s; b0 < e; b0 += BLOCK) {                                            \
             int64_t len = min64(e, b0 + BLOCK) - b0;                                           \
             fill_bytes(rb, seed, b0, len);                                                     \
-            memset(tb + len, 0, 8);                                                            \
+            memset(tb + len, 0, 32);                                                           \
             for (int64_t t = 0; t < len;) {                                                    \
                 int64_t i = b0 + t, j = i % U, seg = min64(len - t, U - j);                    \
                 const uint8_t *h = hi + j * ps; const T *cc = c + j * cs;                      \
