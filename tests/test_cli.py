@@ -26,6 +26,13 @@ def test_every_config_parses_and_builds(config):
     assert cli.model is not None and cli.datamodule is not None
 
 
+@pytest.mark.parametrize("preset", sorted((REPO / "callbacks").glob("*.yaml")), ids=lambda p: p.name)
+def test_callback_presets_compose_with_a_config(preset):
+    cli = cli_main(["--config", DIGITS, "--config", str(preset), "--trainer.logger=false"], run=False)
+    names = {type(cb).__name__ for cb in cli.trainer.callbacks}
+    assert "ModelCheckpoint" in names
+
+
 def test_regulariser_swap_by_name_and_arguments():
     cli = cli_main(
         ["--config", DIGITS, "--model.regulariser", "qsd", "--model.regulariser.gamma", "8", "--model.regulariser.rate", "0.3"],
