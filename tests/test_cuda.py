@@ -1,0 +1,50 @@
+"""Mixed precision and QSD on CUDA: run where a GPU is present, skipped elsewhere."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from qsd_lightning.regularisers import QSD, available, build
+
+from .conftest import CONFIGS
+from .test_matrix import architecture_args, build_tiny_data
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", available())
+def test_regulariser_under_cuda_autocast(name, dtype):
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 64).cuda()
+    reg = build(name, rate=0.3).cuda().train()
+    with torch.autocast("cuda", dtype=dtype):
+        y = reg(lin(torch.randn(128, 64, device="cuda")))
+    assert y.dtype == dtype and torch.isfinite(y).all()
+    y.float().sum().backward()
+    assert torch.isfinite(lin.weight.grad).all()
+
+
+def test_qsd_statistics_on_cuda():
+    torch.manual_seed(0)
+    s = QSD(rate=0.5, gamma=4.0, mode="coupled")(torch.ones(1, 400_000, device="cuda", dtype=torch.float64)).flatten()
+    var = s.var().item()
+    assert abs(s.mean().item() - 1) < 5 * math.sqrt(var / s.numel())
+    assert abs((s != 0).double().mean().item() - 0.5) < 0.005
+
+
+@pytest.mark.parametrize("precision", ["16-mixed", "bf16-mixed"])
+@pytest.mark.parametrize("arch", ["mlp", "cnn", "lstm_lm", "sentiment"])
+def test_fit_on_gpu_mixed_precision(arch, precision, tmp_path, monkeypatch):
+    from qsd_lightning.cli import cli_main
+
+    data = build_tiny_data(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    cli = cli_main(["fit", *architecture_args(arch, data), "--model.regulariser=qsd", "--trainer.fast_dev_run=true",
+                    "--trainer.accelerator=gpu", "--trainer.devices=1", f"--trainer.precision={precision}",
+                    "--trainer.logger=false", "--trainer.deterministic=false"])
+    losses = {k: v.item() for k, v in cli.trainer.callback_metrics.items() if "loss" in k}
+    assert losses and all(math.isfinite(v) for v in losses.values())
