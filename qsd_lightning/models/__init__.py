@@ -1,8 +1,8 @@
 """Plain ``nn.Module`` networks; each takes regulariser factories for its dropout sites."""
 
+from .cnn import ConvNet, WideResNet
 from .language_model import LSTMLanguageModel
-from .cnn import ConvNet, WideResNet  # noqa: F401
 from .mlp import MLP, RegulariserFactory
-from .sentiment import RecurrentClassifier  # noqa: F401
+from .sentiment import RecurrentClassifier
 
-__all__ = ["LSTMLanguageModel", "MLP", "RegulariserFactory"]
+__all__ = ["ConvNet", "LSTMLanguageModel", "MLP", "RecurrentClassifier", "RegulariserFactory", "WideResNet"]

@@ -35,7 +35,7 @@ from torch.nn.utils import parametrize
 
 from .base import Regulariser, ReleaseStatistics
 from .functional import draw_quanta, release, unit_and_mask_shapes
-from .quantal import Dropout, _dims
+from .quantal import Dropout, _MaskedRegulariser
 from .registry import register
 from .types import Rate
 
@@ -52,7 +52,7 @@ __all__ = [
 
 
 @register("gaussian_dropout")
-class GaussianDropout(Regulariser):
+class GaussianDropout(_MaskedRegulariser):
     """Multiplicative Gaussian noise: y = x * e, e ~ N(1, r / k), k = 1 - r (Srivastava et al.
     2014): the same mean and variance of the multiplier as dropout at rate r, without zeros.
 
@@ -63,17 +63,7 @@ class GaussianDropout(Regulariser):
     def __init__(
         self, rate: Rate = 0.5, unit_dims: Optional[Sequence[int]] = None, locked_dims: Sequence[int] = ()
     ) -> None:
-        super().__init__(rate)
-        self.unit_dims = _dims(unit_dims)
-        self.locked_dims = _dims(locked_dims) or ()
-
-    def config(self) -> dict[str, Any]:
-        cfg = super().config()
-        if self.unit_dims is not None:
-            cfg["unit_dims"] = self.unit_dims
-        if self.locked_dims:
-            cfg["locked_dims"] = self.locked_dims
-        return cfg
+        super().__init__(rate, unit_dims, locked_dims)
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.rate == 0.0:

@@ -2,7 +2,7 @@
 
 from .classification import ClassificationTask, MLPClassifier
 from .language_model import LanguageModel
-from .sentiment import SentimentClassifier  # noqa: F401
-from .vision import CNNClassifier, WRNClassifier  # noqa: F401
+from .sentiment import SentimentClassifier
+from .vision import CNNClassifier, WRNClassifier
 
-__all__ = ["ClassificationTask", "LanguageModel", "MLPClassifier"]
+__all__ = ["CNNClassifier", "ClassificationTask", "LanguageModel", "MLPClassifier", "SentimentClassifier", "WRNClassifier"]

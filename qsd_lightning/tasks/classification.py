@@ -15,6 +15,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from ..models import MLP
 from ..regularisers import Dropout, Regulariser, materialise, site_factory
 from ..regularisers.types import Rate
+from .optim import configure_optimizers
 
 __all__ = ["ClassificationTask", "MLPClassifier"]
 
@@ -77,14 +78,7 @@ class ClassificationTask(L.LightningModule):
         return self(x).argmax(dim=-1)
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.parameters())
-        if self.lr_scheduler_factory is None:
-            return optimizer
-        scheduler = self.lr_scheduler_factory(optimizer)
-        config = {"scheduler": scheduler, "interval": "epoch"}
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            config["monitor"] = "val/loss"
-        return {"optimizer": optimizer, "lr_scheduler": config}
+        return configure_optimizers(self.parameters(), self.optimizer_factory, self.lr_scheduler_factory)
 
 
 class MLPClassifier(ClassificationTask):

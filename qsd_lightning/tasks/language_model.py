@@ -17,6 +17,7 @@ from ..models.language_model import LSTMLanguageModel, LSTMState
 from ..regularisers import Dropout, NoRegulariser, Regulariser, materialise
 from ..regularisers.types import Rate
 from ..regularisers.variants import LockedDropout, WeightDrop
+from .optim import configure_optimizers
 
 __all__ = ["LanguageModel", "VocabularyMismatchError"]
 
@@ -227,11 +228,4 @@ class LanguageModel(L.LightningModule):
         self._eval_epoch_end("test")
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.parameters())
-        if self.lr_scheduler_factory is None:
-            return optimizer
-        scheduler = self.lr_scheduler_factory(optimizer)
-        config = {"scheduler": scheduler, "interval": "epoch"}
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            config["monitor"] = "val/loss"
-        return {"optimizer": optimizer, "lr_scheduler": config}
+        return configure_optimizers(self.parameters(), self.optimizer_factory, self.lr_scheduler_factory)

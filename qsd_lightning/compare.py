@@ -1,0 +1,864 @@
+"""Compare regularisers over seeds: run a grid, collect the logs, test, plot.
+
+::
+
+    python -m qsd_lightning.compare --config configs/mlp_digits.yaml \\
+        --regulariser dropout --regulariser qsd:gamma=4,mode=coupled --regulariser none \\
+        --seeds 0 1 2 3 4 --override trainer.max_epochs=10 --out results/digits
+
+``--regulariser NAME[:ARG=VALUE,ARG=VALUE...]`` names a registered regulariser and its
+arguments (``qsd:gamma=4,mode=release,rate=0.5``); give it as often as you like, several QSD
+settings included. Arguments not given keep the config's values (its ``rate``, for one).
+``--override KEY=VALUE`` is any CLI option without its dashes (``trainer.max_epochs=10``,
+``data.data_dir=../shared/data/mnist``).
+
+Every run is one subprocess (``python -m qsd_lightning.compare _run``) that builds the
+LightningCLI exactly as ``python -m qsd_lightning fit`` does, fits, then tests the best
+checkpoint. Runs live in ``<out>/runs/<regulariser>/seed<N>/`` with their own CSV log
+(``csv/version_0/metrics.csv``), checkpoints, ``command.txt`` and ``log.txt``; a run is
+finished when its ``result.json`` exists, and finished runs are skipped, so the grid resumes
+where it stopped. A failed run is reported (with the tail of its log) and the grid goes on.
+
+Outputs in ``<out>``: ``results.csv`` (one row per run: test metrics, final validation
+sparsity per layer, weight statistics), ``results.md`` (mean +- sd per regulariser, paired
+t-test and exact sign-flip test of each regulariser against the baseline on the same seeds)
+and ``test_error.png`` (or ``test_ppl.png``), ``sparsity.png``, ``weights.png``.
+W&B is disabled in the runs unless ``--wandb`` (then ``WANDB_MODE`` decides as usual).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import inspect
+import itertools
+import json
+import math
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import yaml
+
+__all__ = [
+    "GridError",
+    "RegulariserSpec",
+    "parse_regulariser",
+    "parse_override",
+    "parse_args",
+    "paired_t_test",
+    "sign_flip_test",
+    "student_t_sf",
+    "read_metrics_csv",
+    "collect",
+    "main",
+]
+
+RESULT_FILE = "result.json"
+
+
+class GridError(ValueError):
+    """A bad grid specification (config, regulariser, override): reported in one line."""
+
+
+# --------------------------------------------------------------------------- specification
+
+
+def _split_top_level(text: str, sep: str = ",") -> list[str]:
+    """Split on ``sep`` outside brackets: ``locked_dims=[1,2],gamma=4`` -> 2 items."""
+    parts, depth, current = [], 0, []
+    for ch in text:
+        if ch in "[({":
+            depth += 1
+        elif ch in "])}":
+            depth -= 1
+        if ch == sep and depth == 0:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    parts.append("".join(current))
+    return [p.strip() for p in parts if p.strip()]
+
+
+@dataclass(frozen=True)
+class RegulariserSpec:
+    """One regulariser setting of the grid: registry name and arguments (as CLI strings)."""
+
+    name: str
+    args: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def label(self) -> str:
+        """``qsd:gamma=4,mode=coupled`` (the form it was given in, normalised)."""
+        return self.name + (":" + ",".join(f"{k}={v}" for k, v in self.args) if self.args else "")
+
+    @property
+    def slug(self) -> str:
+        """A directory name: ``qsd_gamma-4_mode-coupled``."""
+        text = "_".join([self.name, *(f"{k}-{v}" for k, v in self.args)])
+        return re.sub(r"[^A-Za-z0-9._-]+", "", text.replace(" ", ""))
+
+    def cli_args(self) -> list[str]:
+        return ["--model.regulariser", self.name, *(f"--model.regulariser.{k}={v}" for k, v in self.args)]
+
+
+def parse_regulariser(text: str) -> RegulariserSpec:
+    """``"qsd:gamma=4,mode=coupled"`` -> :class:`RegulariserSpec`, checked against the registry.
+
+    Raises :class:`GridError` for an unknown name, an argument the class does not take, or a
+    value it refuses (``rate=1.5``), so a bad grid stops before any run starts.
+    """
+    from . import regularisers as R
+
+    name, _, rest = text.strip().partition(":")
+    name = name.strip()
+    try:
+        cls = R.get(name)
+    except ValueError as err:
+        raise GridError(f"--regulariser {text!r}: {err}") from None
+    accepted = [p for p in inspect.signature(cls).parameters if p not in ("self", "args", "kwargs")]
+    args: list[tuple[str, str]] = []
+    for item in _split_top_level(rest):
+        key, eq, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not eq or not key or not value:
+            raise GridError(f"--regulariser {text!r}: expected ARG=VALUE, got {item!r}")
+        if key not in accepted:
+            raise GridError(
+                f"--regulariser {text!r}: {name} takes no argument {key!r}; valid: {', '.join(accepted) or 'none'}"
+            )
+        if key in dict(args):
+            raise GridError(f"--regulariser {text!r}: {key!r} given twice")
+        args.append((key, value))
+    try:
+        R.build(name, **{k: yaml.safe_load(v) for k, v in args})
+    except Exception as err:  # the class's own validation (rate in [0, 1), mode, gamma > 0)
+        raise GridError(f"--regulariser {text!r}: {err}") from None
+    return RegulariserSpec(name, tuple(args))
+
+
+def parse_override(text: str) -> str:
+    """``"trainer.max_epochs=10"`` -> ``"--trainer.max_epochs=10"``."""
+    key, eq, value = text.lstrip("-").partition("=")
+    if not eq or not key.strip():
+        raise GridError(f"--override {text!r}: expected KEY=VALUE, e.g. trainer.max_epochs=10")
+    return f"--{key.strip()}={value}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m qsd_lightning.compare",
+        description="Run a grid of regularisers x seeds on one config; write results.csv, results.md and plots.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Example:\n  python -m qsd_lightning.compare --config configs/mlp_digits.yaml --regulariser dropout "
+        "--regulariser qsd:gamma=4,mode=coupled --regulariser none --seeds 0 1 2 3 4 "
+        "--override trainer.max_epochs=10 --out results/digits",
+    )
+    p.add_argument("--config", required=True, help="the experiment's YAML config")
+    p.add_argument(
+        "--regulariser", "-r", dest="regularisers", action="extend", nargs="+", required=True, metavar="NAME[:ARG=V,...]",
+        help="a registered regulariser and its arguments, e.g. dropout, none, qsd:gamma=4,mode=coupled (repeatable)",
+    )
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seed_everything values (default: 0)")
+    p.add_argument("--override", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="CLI options without dashes, e.g. trainer.max_epochs=10 (repeatable)")
+    p.add_argument("--out", required=True, help="output folder (runs, results.csv, results.md, PNGs)")
+    p.add_argument("--baseline", default="dropout", help="regulariser the others are tested against (label; default dropout)")
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time (default 1)")
+    p.add_argument("--threads", type=int, default=None, help="torch/OMP threads per run (default: cores / jobs)")
+    p.add_argument("--timeout", type=float, default=None, help="seconds per run before it is killed and reported")
+    p.add_argument("--wandb", action="store_true", help="keep W&B logging (WANDB_MODE decides); default: disabled")
+    p.add_argument("--dry-run", action="store_true", help="print each run's command and stop")
+    p.add_argument("--report-only", action="store_true", help="run nothing: collect finished runs and write the report")
+    return p
+
+
+@dataclass
+class GridArgs:
+    config: Path
+    regularisers: list[RegulariserSpec]
+    seeds: list[int]
+    overrides: list[str]
+    out: Path
+    baseline: str
+    jobs: int = 1
+    threads: int | None = None
+    timeout: float | None = None
+    wandb: bool = False
+    dry_run: bool = False
+    report_only: bool = False
+    argv: list[str] = field(default_factory=list)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> GridArgs:
+    """Parse and validate the grid's arguments; argparse errors (exit 2) name the bad one."""
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ns = parser.parse_args(argv)
+    config = Path(ns.config)
+    if not config.is_file():
+        parser.error(f"--config: no such file: {config}")
+    try:
+        loaded = yaml.safe_load(config.read_text())
+    except yaml.YAMLError as err:
+        parser.error(f"--config {config}: not valid YAML ({err})")
+    if not isinstance(loaded, dict):
+        parser.error(f"--config {config}: not a config mapping")
+    try:
+        specs = [parse_regulariser(r) for r in ns.regularisers]
+        overrides = [parse_override(o) for o in ns.overrides]
+    except GridError as err:
+        parser.error(str(err))
+    labels = [s.label for s in specs]
+    dupes = sorted({x for x in labels if labels.count(x) > 1})
+    if dupes:
+        parser.error(f"--regulariser given twice: {', '.join(dupes)}")
+    if len({s.slug for s in specs}) != len(specs):
+        parser.error("--regulariser: two settings map to the same run folder; write them differently")
+    if len(set(ns.seeds)) != len(ns.seeds):
+        parser.error("--seeds: a seed is given twice")
+    if ns.jobs < 1:
+        parser.error("--jobs must be >= 1")
+    baseline = ns.baseline
+    if baseline not in labels:
+        names = [s for s in specs if s.name == baseline]
+        baseline = names[0].label if len(names) == 1 else baseline
+    return GridArgs(
+        config=config, regularisers=specs, seeds=list(ns.seeds), overrides=overrides, out=Path(ns.out),
+        baseline=baseline, jobs=ns.jobs, threads=ns.threads, timeout=ns.timeout, wandb=ns.wandb,
+        dry_run=ns.dry_run, report_only=ns.report_only, argv=argv,
+    )
+
+
+# --------------------------------------------------------------------------- runs
+
+
+@dataclass(frozen=True)
+class Run:
+    spec: RegulariserSpec
+    seed: int
+    dir: Path
+
+    @property
+    def result_file(self) -> Path:
+        return self.dir / RESULT_FILE
+
+
+def plan(grid: GridArgs) -> list[Run]:
+    return [Run(s, seed, grid.out / "runs" / s.slug / f"seed{seed}") for s in grid.regularisers for seed in grid.seeds]
+
+
+def _as_list(value: Any) -> list:
+    if value is None or value is True or value is False:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _class_path(entry: Any) -> str:
+    if isinstance(entry, str):
+        return entry
+    if isinstance(entry, dict):
+        return str(entry.get("class_path", ""))
+    return ""
+
+
+def run_cli_args(grid: GridArgs, run: Run) -> list[str]:
+    """The LightningCLI arguments of one run (as for ``python -m qsd_lightning fit``).
+
+    The config's loggers are kept with their ``save_dir`` moved into the run folder (W&B runs
+    named after the run and grouped by regulariser), a CSVLogger writing
+    ``<run>/csv/version_0/metrics.csv`` comes first (so checkpoints land beside it), and the
+    sparsity and weight callbacks are added when the config lacks them.
+    """
+    config = yaml.safe_load(grid.config.read_text()) or {}
+    trainer = config.get("trainer") or {}
+    run_dir = str(run.dir.resolve())
+    loggers: list[dict] = [
+        {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": run_dir, "name": "csv", "version": 0}}
+    ]
+    for entry in _as_list(trainer.get("logger")):
+        if not isinstance(entry, dict) or not entry.get("class_path") or _class_path(entry).endswith("CSVLogger"):
+            continue
+        entry = copy.deepcopy(entry)
+        init = entry.setdefault("init_args", {}) or {}
+        entry["init_args"] = init
+        init["save_dir"] = run_dir
+        if _class_path(entry).endswith("WandbLogger"):
+            init["name"] = f"{grid.config.stem}/{run.spec.label}/seed{run.seed}"
+            init["group"] = f"{grid.config.stem}/{run.spec.label}"
+        loggers.append(entry)
+    callbacks = [_class_path(c) for c in _as_list(trainer.get("callbacks"))]
+    extra_callbacks = [
+        f"--trainer.callbacks+=qsd_lightning.callbacks.{name}"
+        for name in ("ActivationSparsity", "WeightDistributions")
+        if not any(c.endswith(name) for c in callbacks)
+    ]
+    return [
+        "--config", str(grid.config),
+        *run.spec.cli_args(),
+        f"--seed_everything={run.seed}",
+        f"--trainer.default_root_dir={run_dir}",
+        f"--trainer.logger={json.dumps(loggers)}",
+        "--trainer.enable_progress_bar=false",
+        *extra_callbacks,
+        *grid.overrides,
+    ]
+
+
+def run_command(grid: GridArgs, run: Run) -> list[str]:
+    return [sys.executable, "-m", "qsd_lightning.compare", "_run", str(run.dir), "--", *run_cli_args(grid, run)]
+
+
+def run_env(grid: GridArgs) -> dict[str, str]:
+    env = dict(os.environ)
+    if not grid.wandb:
+        env["WANDB_MODE"] = "disabled"
+    env.setdefault("WANDB_SILENT", "true")
+    env.setdefault("PYTHONWARNINGS", "ignore")
+    threads = grid.threads or (max(1, (os.cpu_count() or 1) // grid.jobs) if grid.jobs > 1 else None)
+    if threads:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    return env
+
+
+def _tail(path: Path, lines: int = 6) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "(no log)"
+    return "\n".join("    " + line for line in text[-lines:])
+
+
+def execute(grid: GridArgs, run: Run) -> tuple[Run, bool, str]:
+    """Run one grid point in a subprocess; (run, ok, message)."""
+    if run.dir.exists():  # a run that stopped half-way: start it clean
+        shutil.rmtree(run.dir)
+    run.dir.mkdir(parents=True)
+    cmd = run_command(grid, run)
+    (run.dir / "command.txt").write_text(shlex.join(cmd) + "\n")
+    log = run.dir / "log.txt"
+    start = time.time()
+    try:
+        with open(log, "w") as fh:
+            proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=run_env(grid), timeout=grid.timeout)
+        rc = proc.returncode
+    except subprocess.TimeoutExpired:
+        return run, False, f"timed out after {grid.timeout:g} s; log {log}:\n{_tail(log)}"
+    if rc == 0 and run.result_file.is_file():
+        return run, True, f"done in {time.time() - start:.0f} s"
+    return run, False, f"exit status {rc}; log {log}:\n{_tail(log)}"
+
+
+def run_grid(grid: GridArgs) -> list[tuple[Run, str]]:
+    """Run every unfinished run (progress bar over the whole grid); the failures."""
+    from tqdm.auto import tqdm
+
+    runs = plan(grid)
+    pending = [r for r in runs if not r.result_file.is_file()]
+    skipped = len(runs) - len(pending)
+    failures: list[tuple[Run, str]] = []
+    bar = tqdm(total=len(runs), initial=skipped, desc="grid", unit="run", dynamic_ncols=True)
+    if skipped:
+        tqdm.write(f"{skipped} finished run(s) skipped (result.json present)")
+    with ThreadPoolExecutor(max_workers=grid.jobs) as pool:
+        futures = [pool.submit(execute, grid, r) for r in pending]
+        for fut in as_completed(futures):
+            run, ok, message = fut.result()
+            bar.update(1)
+            bar.set_postfix(failed=len(failures) + (not ok))
+            name = f"{run.spec.label} seed {run.seed}"
+            if ok:
+                tqdm.write(f"{name}: {message}")
+            else:
+                failures.append((run, message))
+                tqdm.write(f"FAILED {name}: {message}")
+    bar.close()
+    return failures
+
+
+# --------------------------------------------------------------------------- one run (subprocess)
+
+
+def run_one(run_dir: Path, cli_args: list[str]) -> dict:
+    """Fit with the LightningCLI, test the best checkpoint, write ``result.json`` last."""
+    from .cli import cli_main, finish_wandb_runs
+    from lightning.pytorch.loggers import CSVLogger
+
+    start = time.time()
+    cli = cli_main(cli_args, run=False)
+    trainer = cli.trainer
+    trainer.fit(cli.model, datamodule=cli.datamodule)
+    ckpt_cb = trainer.checkpoint_callback
+    ckpt = None
+    if ckpt_cb is not None:
+        ckpt = ckpt_cb.best_model_path or ckpt_cb.last_model_path or None
+    tested = trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt, verbose=False)
+    finish_wandb_runs(trainer)
+    csv_dirs = [lg.log_dir for lg in trainer.loggers if isinstance(lg, CSVLogger)]
+    result = {
+        "test": {k: float(v) for k, v in (tested[0] if tested else {}).items()},
+        "checkpoint": str(Path(ckpt).resolve()) if ckpt else None,
+        "last_checkpoint": str(Path(ckpt_cb.last_model_path).resolve()) if ckpt_cb is not None and ckpt_cb.last_model_path else None,
+        "metrics_csv": str(Path(csv_dirs[0]) / "metrics.csv") if csv_dirs else None,
+        "epochs": trainer.current_epoch,
+        "seconds": time.time() - start,
+        "cli_args": cli_args,
+    }
+    tmp = run_dir / (RESULT_FILE + ".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(run_dir / RESULT_FILE)
+    return result
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the incomplete beta function (modified Lentz)."""
+    tiny, eps = 1e-300, 3e-16
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 10000):
+        m2 = 2 * m
+        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        h *= d * c
+        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        delta = d * c
+        h *= delta
+        if abs(delta - 1.0) < eps:
+            break
+    return h
+
+
+def betainc(a: float, b: float, x: float) -> float:
+    """Regularised incomplete beta I_x(a, b)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(log_front) * _betacf(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
+
+
+def student_t_sf(t: float, df: float) -> float:
+    """Two-sided p-value P(|T| >= |t|) of Student's t with ``df`` degrees of freedom."""
+    if math.isnan(t) or df <= 0:
+        return float("nan")
+    if math.isinf(t):
+        return 0.0
+    return betainc(df / 2.0, 0.5, df / (df + t * t))
+
+
+@dataclass
+class PairedTest:
+    n: int
+    mean_diff: float
+    sd_diff: float
+    t: float
+    df: int
+    p: float
+    p_sign_flip: float
+
+
+def sign_flip_test(diffs: Sequence[float]) -> float:
+    """Exact two-sided sign-flip permutation p-value of the mean paired difference (n <= 20)."""
+    d = [float(x) for x in diffs]
+    n = len(d)
+    if n == 0:
+        return float("nan")
+    if n > 20:
+        raise ValueError("exact sign-flip test enumerates 2^n sign patterns; n must be <= 20")
+    observed = abs(sum(d)) - 1e-12 * (1 + sum(abs(x) for x in d))
+    hits = sum(abs(sum(s * x for s, x in zip(signs, d))) >= observed for signs in itertools.product((1, -1), repeat=n))
+    return hits / 2**n
+
+
+def paired_t_test(a: Sequence[float], b: Sequence[float]) -> PairedTest:
+    """Paired t-test of ``a - b`` (same seeds, same order): mean difference, t, two-sided p."""
+    if len(a) != len(b):
+        raise ValueError("paired test needs equally long samples")
+    d = [float(x) - float(y) for x, y in zip(a, b)]
+    n = len(d)
+    mean = sum(d) / n if n else float("nan")
+    if n < 2:
+        return PairedTest(n, mean, float("nan"), float("nan"), max(n - 1, 0), float("nan"), sign_flip_test(d) if n else float("nan"))
+    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1))
+    if sd == 0:
+        t = 0.0 if mean == 0 else math.copysign(math.inf, mean)
+    else:
+        t = mean / (sd / math.sqrt(n))
+    p = 1.0 if t == 0 else student_t_sf(t, n - 1)
+    return PairedTest(n, mean, sd, t, n - 1, p, sign_flip_test(d))
+
+
+# --------------------------------------------------------------------------- collection
+
+
+def read_metrics_csv(path: str | Path) -> dict[str, float]:
+    """Summarise one run's CSVLogger ``metrics.csv``.
+
+    - ``test/*``: the last test row; the sparsity measured there becomes ``test_sparsity/*``.
+    - ``val/*``, ``sparsity/*``, ``weights/*``: the last value logged during fit (the final
+      validation), and ``best_val/<metric>`` the best over epochs (max of acc, min otherwise).
+    """
+    import pandas as pd
+
+    df = pd.read_csv(path)
+    out: dict[str, float] = {}
+    test_cols = [c for c in df.columns if c.startswith("test/")]
+    is_test = df[test_cols].notna().any(axis=1) if test_cols else pd.Series(False, index=df.index)
+    test_rows, fit_rows = df[is_test], df[~is_test]
+    if len(test_rows):
+        last = test_rows.iloc[-1]
+        for c in df.columns:
+            if pd.isna(last[c]):
+                continue
+            if c.startswith("test/"):
+                out[c] = float(last[c])
+            elif c.startswith("sparsity/"):
+                out["test_" + c] = float(last[c])
+    for c in fit_rows.columns:
+        if c.startswith(("val/", "sparsity/", "weights/")):
+            values = fit_rows[c].dropna()
+            if len(values):
+                out[c] = float(values.iloc[-1])
+                if c.startswith("val/"):
+                    best = values.max() if c.endswith("acc") else values.min()
+                    out["best_" + c] = float(best)
+    if "epoch" in fit_rows and fit_rows["epoch"].notna().any():
+        out["epochs"] = float(fit_rows["epoch"].max() + 1)
+    return out
+
+
+def primary_metric(frame) -> tuple[str, str, bool]:
+    """(column, description, lower_is_better): test perplexity if logged, else test error in %."""
+    if "test/ppl" in frame.columns and frame["test/ppl"].notna().any():
+        return "test/ppl", "test perplexity", True
+    return "test/error", "test error (%)", True
+
+
+def collect(grid: GridArgs):
+    """One row per planned run: finished runs with their metrics, others marked missing/failed."""
+    import pandas as pd
+
+    rows = []
+    for run in plan(grid):
+        row: dict[str, Any] = {"regulariser": run.spec.label, "name": run.spec.name, "seed": run.seed, "run_dir": str(run.dir)}
+        if not run.result_file.is_file():
+            row["status"] = "failed" if (run.dir / "log.txt").is_file() else "missing"
+            rows.append(row)
+            continue
+        result = json.loads(run.result_file.read_text())
+        row["status"] = "ok"
+        row["seconds"] = result.get("seconds")
+        row["checkpoint"] = result.get("checkpoint")
+        csv_path = result.get("metrics_csv")
+        metrics = read_metrics_csv(csv_path) if csv_path and Path(csv_path).is_file() else {}
+        for k, v in result.get("test", {}).items():  # what trainer.test returned (same numbers as the CSV row)
+            if k.startswith("test/"):
+                metrics.setdefault(k, v)
+        row.update(metrics)
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    if "test/acc" in frame.columns:
+        frame["test/error"] = 100.0 * (1.0 - frame["test/acc"])
+    return frame
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _fmt(x: float, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    if isinstance(x, float) and math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return f"{x:.{digits}g}" if abs(x) < 1e-3 and x != 0 else f"{x:.{digits}f}"
+
+
+def _mean_sd(values, digits: int = 3) -> str:
+    v = [float(x) for x in values if x == x]
+    if not v:
+        return "–"
+    mean = sum(v) / len(v)
+    sd = math.sqrt(sum((x - mean) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else float("nan")
+    return f"{mean:.{digits}f} ± {sd:.{digits}f}" if len(v) > 1 else f"{mean:.{digits}f}"
+
+
+def _layers(frame, prefix: str) -> tuple[list[str], list[str]]:
+    layers, measures = [], []
+    for c in frame.columns:
+        if c.startswith(prefix):
+            layer, _, measure = c[len(prefix):].rpartition("/")
+            if layer not in layers:
+                layers.append(layer)
+            if measure not in measures:
+                measures.append(measure)
+    return layers, measures
+
+
+def paired_table(frame, grid: GridArgs, metric: str) -> list[dict]:
+    """Each regulariser against the baseline on the seeds both finished."""
+    ok = frame[frame["status"] == "ok"]
+    if metric not in ok.columns:
+        return []
+    base = ok[ok["regulariser"] == grid.baseline].set_index("seed")[metric].dropna()
+    out = []
+    for spec in grid.regularisers:
+        if spec.label == grid.baseline:
+            continue
+        other = ok[ok["regulariser"] == spec.label].set_index("seed")[metric].dropna()
+        seeds = [s for s in grid.seeds if s in base.index and s in other.index]
+        test = paired_t_test([other[s] for s in seeds], [base[s] for s in seeds])
+        out.append({"regulariser": spec.label, "seeds": seeds, "test": test})
+    return out
+
+
+def write_report(frame, grid: GridArgs, failures: Iterable[tuple[Run, str]] = ()) -> Path:
+    """``results.csv`` and ``results.md`` in ``grid.out``; returns the markdown path."""
+    out = grid.out
+    out.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(out / "results.csv", index=False)
+    metric, metric_desc, _ = primary_metric(frame)
+    ok = frame[frame["status"] == "ok"]
+    labels = [s.label for s in grid.regularisers]
+    command = "python -m qsd_lightning.compare " + shlex.join(grid.argv)
+    lines = [
+        f"# {grid.config.stem}: regulariser comparison",
+        "",
+        "Made by:",
+        "",
+        "```bash",
+        command,
+        "```",
+        "",
+        f"Config `{grid.config}`, seeds {' '.join(map(str, grid.seeds))}, overrides "
+        f"{' '.join('`' + o[2:] + '`' for o in grid.overrides) or 'none'}. Test metrics are from the best "
+        "checkpoint (the config's ModelCheckpoint); sparsity and weight statistics from the final validation "
+        "(regularisers off). mean ± sd over seeds (sd with n - 1).",
+        "",
+        f"## {metric_desc}",
+        "",
+    ]
+    has_loss = "test/loss" in ok.columns
+    head = f"| regulariser | n | {metric_desc} |" + (" test loss |" if has_loss else "") + (" best val acc |" if "best_val/acc" in ok.columns else "") + " s / run |"
+    lines += [head, "|" + "---|" * (head.count("|") - 1)]
+    for label in labels:
+        g = ok[ok["regulariser"] == label]
+        n_all = int((frame["regulariser"] == label).sum())
+        cells = [f"`{label}`", f"{len(g)}/{n_all}", _mean_sd(g[metric]) if metric in g else "–"]
+        if has_loss:
+            cells.append(_mean_sd(g["test/loss"], 4))
+        if "best_val/acc" in ok.columns:
+            cells.append(_mean_sd(g["best_val/acc"], 4))
+        cells.append(_fmt(float(g["seconds"].mean()), 0) if "seconds" in g and len(g) else "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    pairs = paired_table(frame, grid, metric)
+    lines += ["", f"## Paired against `{grid.baseline}` (same seeds)", ""]
+    if not pairs or all(p["test"].n == 0 for p in pairs):
+        lines.append(f"No paired comparison: `{grid.baseline}` has no finished runs in this grid.")
+    else:
+        lines += [
+            f"Difference = regulariser − `{grid.baseline}` in {metric_desc} (negative: lower than the baseline). "
+            "t: paired t-test, two-sided; sign-flip: exact two-sided permutation test of the mean difference "
+            "(with n = 5 its smallest possible p is 0.0625).",
+            "",
+            "| regulariser | n pairs | mean diff | sd diff | t | df | p (t) | p (sign-flip) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for p in pairs:
+            t = p["test"]
+            lines.append(
+                f"| `{p['regulariser']}` | {t.n} | {_fmt(t.mean_diff)} | {_fmt(t.sd_diff)} | {_fmt(t.t, 2)} | {t.df} | {_fmt(t.p)} | {_fmt(t.p_sign_flip)} |"
+            )
+    layers, measures = _layers(ok, "sparsity/")
+    if layers:
+        lines += ["", "## Sparsity of the hidden codes (final validation, mean ± sd)", ""]
+        for measure in [m for m in ("population", "hoyer", "lifetime", "dead_units") if m in measures]:
+            lines += [f"**{measure}**", "", "| regulariser | " + " | ".join(f"`{x}`" for x in layers) + " |", "|---|" + "---|" * len(layers)]
+            for label in labels:
+                g = ok[ok["regulariser"] == label]
+                lines.append(f"| `{label}` | " + " | ".join(_mean_sd(g.get(f"sparsity/{x}/{measure}", [])) for x in layers) + " |")
+            lines.append("")
+    params, stats = _layers(ok, "weights/")
+    if params:
+        lines += ["## Weights (final validation, mean ± sd over seeds of each parameter's mean and std)", ""]
+        lines += ["| regulariser | " + " | ".join(f"`{x}` mean / std" for x in params) + " |", "|---|" + "---|" * len(params)]
+        for label in labels:
+            g = ok[ok["regulariser"] == label]
+            cells = [f"{_mean_sd(g.get(f'weights/{x}/mean', []), 4)} / {_mean_sd(g.get(f'weights/{x}/std', []), 4)}" for x in params]
+            lines.append(f"| `{label}` | " + " | ".join(cells) + " |")
+        lines.append("")
+    figures = [f for f in (f"{_metric_slug(metric)}.png", "sparsity.png", "weights.png") if (out / f).is_file()]
+    if figures:
+        lines += ["## Figures", ""] + [f"![{f}]({f})" for f in figures] + [""]
+    bad = frame[frame["status"] != "ok"]
+    if len(bad):
+        lines += ["## Runs not finished", ""]
+        messages = {(r.spec.label, r.seed): m.splitlines()[0] for r, m in failures}
+        for _, r in bad.iterrows():
+            why = messages.get((r["regulariser"], r["seed"]), r["status"])
+            lines.append(f"- `{r['regulariser']}` seed {r['seed']}: {why} (see `{Path(r['run_dir']) / 'log.txt'}`)")
+        lines.append("")
+    path = out / "results.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _metric_slug(metric: str) -> str:
+    return metric.replace("/", "_")
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def plot(frame, grid: GridArgs) -> list[Path]:
+    """Test metric per regulariser (seeds as points), sparsity per layer, weight histograms."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    out = grid.out
+    ok = frame[frame["status"] == "ok"]
+    labels = [s.label for s in grid.regularisers if (ok["regulariser"] == s.label).any()]
+    written: list[Path] = []
+    if not labels:
+        return written
+    colors = {label: plt.cm.tab10(i % 10) for i, label in enumerate(labels)}
+    rng = np.random.default_rng(0)
+
+    metric, metric_desc, _ = primary_metric(frame)
+    if metric in ok.columns:
+        fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(labels), 4))
+        for i, label in enumerate(labels):
+            v = ok[ok["regulariser"] == label][metric].dropna().to_numpy()
+            ax.scatter(i + rng.uniform(-0.12, 0.12, len(v)), v, color=colors[label], alpha=0.8, zorder=3)
+            if len(v):
+                ax.errorbar(i + 0.28, v.mean(), yerr=v.std(ddof=1) if len(v) > 1 else 0, fmt="_", color="k", capsize=4, ms=14)
+        ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right", fontsize=8)
+        ax.set_ylabel(metric_desc)
+        ax.set_title(f"{grid.config.stem}: {metric_desc}, seeds as points, bar = mean ± sd", fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+        fig.tight_layout()
+        written.append(out / f"{_metric_slug(metric)}.png")
+        fig.savefig(written[-1], dpi=120)
+        plt.close(fig)
+
+    layers, measures = _layers(ok, "sparsity/")
+    measures = [m for m in ("population", "hoyer", "dead_units") if m in measures]
+    if layers and measures:
+        fig, axes = plt.subplots(1, len(measures), figsize=(4.2 * len(measures), 3.8), squeeze=False)
+        width = 0.8 / len(labels)
+        for ax, measure in zip(axes[0], measures):
+            for j, label in enumerate(labels):
+                g = ok[ok["regulariser"] == label]
+                for i, layer in enumerate(layers):
+                    v = g.get(f"sparsity/{layer}/{measure}")
+                    v = v.dropna().to_numpy() if v is not None else np.array([])
+                    x = i - 0.4 + width * (j + 0.5)
+                    if len(v):
+                        ax.bar(x, v.mean(), width * 0.9, color=colors[label], alpha=0.45, label=label if i == 0 else None)
+                        ax.scatter(x + rng.uniform(-width / 5, width / 5, len(v)), v, color=colors[label], s=10, zorder=3)
+            ax.set_xticks(range(len(layers)), layers, fontsize=8)
+            ax.set_title(measure)
+            ax.grid(axis="y", alpha=0.3)
+        axes[0][0].set_ylabel("final validation sparsity")
+        axes[0][-1].legend(fontsize=7, loc="best")
+        fig.suptitle(f"{grid.config.stem}: sparsity of hidden codes per layer (bars: mean, points: seeds)", fontsize=9)
+        fig.tight_layout()
+        written.append(out / "sparsity.png")
+        fig.savefig(written[-1], dpi=120)
+        plt.close(fig)
+
+    tensors: dict[str, dict[str, list]] = {}
+    import torch
+
+    for _, row in ok.iterrows():
+        ckpt = row.get("checkpoint")
+        if not isinstance(ckpt, str) or not Path(ckpt).is_file():
+            continue
+        state = torch.load(ckpt, map_location="cpu", weights_only=False).get("state_dict", {})
+        for key, value in state.items():
+            if key.endswith((".weight", ".bias")) and torch.is_tensor(value) and value.is_floating_point() and value.numel() > 1:
+                tensors.setdefault(key, {}).setdefault(row["regulariser"], []).append(value.flatten().double().numpy())
+    if tensors:
+        keys = list(tensors)
+        cols = min(4, len(keys))
+        rows_n = math.ceil(len(keys) / cols)
+        fig, axes = plt.subplots(rows_n, cols, figsize=(3.6 * cols, 2.8 * rows_n), squeeze=False)
+        for ax, key in zip(axes.flat, keys):
+            pooled = np.concatenate([np.concatenate(v) for v in tensors[key].values()])
+            lo, hi = np.percentile(pooled, [0.5, 99.5])
+            bins = np.linspace(lo, hi, 60) if hi > lo else 30
+            for label in labels:
+                if label in tensors[key]:
+                    ax.hist(np.concatenate(tensors[key][label]), bins=bins, histtype="step", density=True, color=colors[label], label=label)
+            ax.set_title(key.removeprefix("net."), fontsize=8)
+            ax.tick_params(labelsize=7)
+        for ax in list(axes.flat)[len(keys):]:
+            ax.axis("off")
+        axes[0][0].legend(fontsize=6)
+        fig.suptitle(f"{grid.config.stem}: weights and biases of the tested checkpoints (all seeds pooled, central 99%)", fontsize=9)
+        fig.tight_layout()
+        written.append(out / "weights.png")
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+    return written
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["_run"]:  # one grid point, in its own process
+        if len(argv) < 3 or argv[2] != "--":
+            raise SystemExit("usage: python -m qsd_lightning.compare _run RUN_DIR -- CLI_ARGS...")
+        run_one(Path(argv[1]), argv[3:])
+        return 0
+    grid = parse_args(argv)
+    if grid.dry_run:
+        for run in plan(grid):
+            print(shlex.join(run_command(grid, run)))
+        return 0
+    grid.out.mkdir(parents=True, exist_ok=True)
+    (grid.out / "grid.json").write_text(json.dumps({"argv": grid.argv, "command": "python -m qsd_lightning.compare " + shlex.join(grid.argv)}, indent=1))
+    failures = [] if grid.report_only else run_grid(grid)
+    frame = collect(grid)
+    plot(frame, grid)
+    report = write_report(frame, grid, failures)
+    n_ok = int((frame["status"] == "ok").sum())
+    print(f"{n_ok}/{len(frame)} runs finished; {grid.out / 'results.csv'}, {report}")
+    if failures:
+        print(f"{len(failures)} run(s) failed:", file=sys.stderr)
+        for run, message in failures:
+            print(f"  {run.spec.label} seed {run.seed}: {message.splitlines()[0]}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
