@@ -682,7 +682,7 @@ def write_report(frame, grid: GridArgs, failures: Iterable[tuple[Run, str]] = ()
         lines += [
             f"Difference = regulariser − `{grid.baseline}` in {metric_desc} (negative: lower than the baseline). "
             "t: paired t-test, two-sided; sign-flip: exact two-sided permutation test of the mean difference "
-            "(with n = 5 its smallest possible p is 0.0625).",
+            f"(with n pairs its smallest possible p is 2 / 2^n{', here ' + _fmt(2 / 2 ** max(p['test'].n for p in pairs)) if pairs else ''}).",
             "",
             "| regulariser | n pairs | mean diff | sd diff | t | df | p (t) | p (sign-flip) |",
             "|---|---|---|---|---|---|---|---|",
@@ -695,7 +695,13 @@ def write_report(frame, grid: GridArgs, failures: Iterable[tuple[Run, str]] = ()
     layers, measures = _layers(ok, "sparsity/")
     if layers:
         lines += ["", "## Sparsity of the hidden codes (final validation, mean ± sd)", ""]
-        for measure in [m for m in ("population", "hoyer", "lifetime", "dead_units") if m in measures]:
+        lines += [
+            "population: mean fraction of exact zeros per sample (equal to lifetime sparsity, the mean over units "
+            "of the fraction of samples where the unit is zero, so lifetime is not repeated); hoyer: Hoyer sparsity "
+            "per sample; dead_units: fraction of units zero on every sample.",
+            "",
+        ]
+        for measure in [m for m in ("population", "hoyer", "dead_units") if m in measures]:
             lines += [f"**{measure}**", "", "| regulariser | " + " | ".join(f"`{x}`" for x in layers) + " |", "|---|" + "---|" * len(layers)]
             for label in labels:
                 g = ok[ok["regulariser"] == label]
@@ -703,12 +709,21 @@ def write_report(frame, grid: GridArgs, failures: Iterable[tuple[Run, str]] = ()
             lines.append("")
     params, stats = _layers(ok, "weights/")
     if params:
-        lines += ["## Weights (final validation, mean ± sd over seeds of each parameter's mean and std)", ""]
-        lines += ["| regulariser | " + " | ".join(f"`{x}` mean / std" for x in params) + " |", "|---|" + "---|" * len(params)]
-        for label in labels:
-            g = ok[ok["regulariser"] == label]
-            cells = [f"{_mean_sd(g.get(f'weights/{x}/mean', []), 4)} / {_mean_sd(g.get(f'weights/{x}/std', []), 4)}" for x in params]
-            lines.append(f"| `{label}` | " + " | ".join(cells) + " |")
+        lines += [
+            "## Weights and biases (final validation)",
+            "",
+            "Each cell: mean over seeds of the parameter's mean / of its standard deviation.",
+            "",
+            "| parameter | " + " | ".join(f"`{label}`" for label in labels) + " |",
+            "|---|" + "---|" * len(labels),
+        ]
+        for x in params:
+            cells = []
+            for label in labels:
+                g = ok[ok["regulariser"] == label]
+                m, s = g.get(f"weights/{x}/mean"), g.get(f"weights/{x}/std")
+                cells.append(f"{_fmt(float(m.mean()), 4) if m is not None else '–'} / {_fmt(float(s.mean()), 4) if s is not None else '–'}")
+            lines.append(f"| `{x}` | " + " | ".join(cells) + " |")
         lines.append("")
     figures = [f for f in (f"{_metric_slug(metric)}.png", "sparsity.png", "weights.png") if (out / f).is_file()]
     if figures:

@@ -113,3 +113,12 @@ def test_fit_validate_test_predict_on_digits(run_cli, tmp_path):
         assert key in out.trainer.callback_metrics
     pred = run_cli("predict", "--config", DIGITS, "--trainer.logger=false", "--model.regulariser=qsd", f"--ckpt_path={ckpt}")
     assert pred.trainer.state.finished
+
+
+@pytest.mark.parametrize("regulariser", ["dropout", "qsd"])
+def test_main_job_reaches_95_percent_validation_accuracy(run_cli, regulariser):
+    """The README's main job, as configured (30 epochs), with dropout and with QSD."""
+    cli = run_cli("fit", "--config", DIGITS, f"--model.regulariser={regulariser}", "--trainer.logger=false")
+    assert cli.trainer.current_epoch == 30
+    assert cli.trainer.checkpoint_callback.best_model_score.item() >= 0.95
+    assert cli.trainer.callback_metrics["val/acc"].item() >= 0.95

@@ -126,7 +126,12 @@ class RandomBits:
         return w.to(torch.int32).bitwise_and_(0xFFFF)
 
     def standard_gamma(self, shape: float, size: Sequence[int]) -> Tensor:
-        """Gamma(shape, rate 1) draws in float32."""
+        """Gamma(shape, rate 1) draws in float32: the compiled Marsaglia-Tsang sampler where
+        available (about 3x numpy's speed), else numpy's, else torch's."""
+        from . import _ckernel
+
+        if self.device.type == "cpu" and _ckernel.available():
+            return _ckernel.standard_gamma(shape, size, self.seeds(1)[0])
         gen = self.np
         if gen is not None:
             out = gen.standard_gamma(shape, size=tuple(size), dtype=_np.float32)
@@ -157,28 +162,29 @@ def draw_quanta_fast(
     if device.type != "cpu" or gamma is None or rate == 0.0:
         return draw_quanta(unit_shape, rate, gamma, mode, device=device)
     bits = bits or RandomBits(device)
-    if bits.np is None:  # no numpy: the reference draws
+    if _np is None:  # no numpy: the reference draws
         return draw_quanta(unit_shape, rate, gamma, mode, device=device)
     k = 1.0 - rate
     gk = gamma * k
     size = tuple(int(s) for s in unit_shape)
-    gen = bits.np
-    # float32 numpy arithmetic, the same operations as the reference's float32 torch ones
-    x = gen.standard_gamma(gamma * k / rate, size=size, dtype=_np.float32)
+    # float32 numpy arithmetic (on the tensors' memory), the same operations as the
+    # reference's float32 torch ones
+    xt = bits.standard_gamma(gamma * k / rate, size)
+    yt = bits.standard_gamma(gamma, size)
+    x, y = xt.numpy(), yt.numpy()
     x /= gk
-    y = gen.standard_gamma(gamma, size=size, dtype=_np.float32)
     y /= gk
-    p = x / (x + y)
+    p = torch.from_numpy(x / (x + y))
     f32 = dict(dtype=torch.float32, device=device)
     if mode == "release":
-        return QuantalDraw(p=torch.from_numpy(p), c=torch.tensor(1.0 / k, **f32))
+        return QuantalDraw(p=p, c=torch.tensor(1.0 / k, **f32))
     if mode == "size":
-        return QuantalDraw(p=torch.tensor(k, **f32), c=torch.from_numpy(y))
+        return QuantalDraw(p=torch.tensor(k, **f32), c=yt)
     if mode == "independent":
-        c = y.reshape(-1)[gen.permutation(y.size)].reshape(y.shape)
-        return QuantalDraw(p=torch.from_numpy(p), c=torch.from_numpy(c))
+        c = y.reshape(-1)[bits.permutation(y.size).numpy()].reshape(y.shape)
+        return QuantalDraw(p=p, c=torch.from_numpy(c))
     if mode == "coupled":
-        return QuantalDraw(p=torch.from_numpy(p), c=torch.from_numpy(y * ((gamma + rate) / gamma)))
+        return QuantalDraw(p=p, c=torch.from_numpy(y * ((gamma + rate) / gamma)))
     return draw_quanta(unit_shape, rate, gamma, mode, device=device)  # raises the usual error
 
 
