@@ -15,8 +15,15 @@ MLP classifier driven by a Lightning ``Trainer`` (logger, checkpointing and prog
 timed by a callback from batch start to batch end) against a plain PyTorch loop over the same
 MLP, sizes and batch, with ``nn.Dropout`` or QSD; and the same for the LSTM language model.
 
+The CPU allocator: glibc returns freed memory to the system (trim, munmap) depending on the
+allocation history, so the same op pays thousands of page faults in one run and none in the
+next; by default this script turns that off (``mallopt``: no trimming, no mmap for large
+blocks, as ``MALLOC_TRIM_THRESHOLD_``/``MALLOC_MMAP_THRESHOLD_`` would) so that the ratios
+measure the kernels; ``--glibc-default-malloc`` keeps glibc's behaviour.
+
     python scripts/benchmark.py                  # CPU (and CUDA when present)
     python scripts/benchmark.py --quick          # fewer repeats and steps
+    python scripts/benchmark.py --threads 1      # on a loaded machine
     python scripts/benchmark.py --device cuda --repeats 200
 """
 
@@ -51,6 +58,18 @@ SHAPES = {
 
 
 # --------------------------------------------------------------------------- helpers
+def keep_freed_memory() -> bool:
+    """glibc: never trim the heap nor mmap large blocks (stable page-fault-free timings)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+        return bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)) and bool(libc.mallopt(M_MMAP_THRESHOLD, 1 << 30))
+    except (OSError, AttributeError):
+        return False
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -345,7 +364,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--quick", action="store_true", help="fewer repeats and steps")
     parser.add_argument("--skip-training", action="store_true", help="only the regulariser table")
+    parser.add_argument("--glibc-default-malloc", action="store_true",
+                        help="keep glibc's trimming of freed memory (page faults vary from run to run)")
     args = parser.parse_args(argv)
+    malloc_note = "glibc default" if args.glibc_default_malloc else (
+        "no trim / no mmap (mallopt)" if keep_freed_memory() else "default (mallopt unavailable)")
 
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="lightning")
@@ -363,14 +386,15 @@ def main(argv: list[str] | None = None) -> None:
         devices.append(torch.device("cuda"))
 
     load = os.getloadavg() if hasattr(os, "getloadavg") else ("n/a",)
-    print(f"# QSD vs dropout benchmark\n")
+    print("# QSD vs dropout benchmark\n")
     print(f"- command: `python {' '.join(sys.argv)}`")
     print(f"- torch {torch.__version__}, Python {platform.python_version()}, {platform.machine()}, "
           f"{torch.get_num_threads()} CPU threads; load average at start {load}")
     print(f"- fused CPU kernel: {'yes' if _ckernel.available() else 'no (eager fallback)'}; "
           f"CUDA: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}"
           + (f"; Triton kernels: {'yes' if _triton.available() else 'no'}" if torch.cuda.is_available() else ""))
-    print(f"- repeats {repeats} (median), warm-up {args.warmup}, training steps {steps} (LM {lm_steps})\n")
+    print(f"- repeats {repeats} (median), warm-up {args.warmup}, training steps {steps} (LM {lm_steps}); "
+          f"CPU allocator: {malloc_note}\n")
     for device in devices:
         print(f"## Regularisers, forward + backward, {device.type}\n")
         print(regulariser_table(device, repeats, args.warmup, SHAPES))

@@ -362,6 +362,33 @@ def test_fast_draws_follow_the_reference_equations():
     assert abs(d.c.mean().item() - 1 / 0.7) < 0.01
 
 
+@pytest.mark.parametrize("shape", [0.3, 1.0, 4.0, 16.0, 1e4])
+def test_compiled_gamma_sampler_matches_the_gamma_distribution(shape):
+    stats = pytest.importorskip("scipy.stats")
+    if not _ckernel.available():
+        pytest.skip("no C compiler")
+    x = _ckernel.standard_gamma(shape, (200_000,), 12345).double().numpy()
+    assert stats.kstest(x, stats.gamma(shape).cdf).pvalue > 1e-3
+    assert abs(x.mean() / shape - 1) < 5 * (1 / (shape * 200_000)) ** 0.5
+
+
+def test_compiled_draws_follow_eqs_1_to_3():
+    if not _ckernel.available():
+        pytest.skip("no C compiler")
+    r, g, n = 0.3, 4.0, 400_000
+    k = 1 - r
+    p, c = _ckernel.draw((n,), r, g, True, [1, 2])
+    assert p.dtype == c.dtype == torch.float32 and bool(((p > 0) & (p < 1)).all())
+    var_p = k * r**2 / (g + r)
+    assert abs(p.double().mean().item() - k) < 5 * (var_p / n) ** 0.5
+    assert abs(p.double().var().item() / var_p - 1) < 0.02
+    mean_c = (1 / k) * (g + r) / g  # E[Y] (g + r) / g
+    assert abs(c.double().mean().item() / mean_c - 1) < 0.01
+    # coupled: E[p c] = k (g / (g + r)) (1/k) (g + r) / g = 1, the unbiasedness of method.md
+    assert abs((p.double() * c.double()).mean().item() - 1) < 0.01
+    assert torch.corrcoef(torch.stack([p, c]))[0, 1] < -0.3
+
+
 # --------------------------------------------------------------------------- accelerators
 def test_triton_kernel_in_interpreter():
     """The CUDA kernels' logic, run by Triton's CPU interpreter (subprocess: the interpreter

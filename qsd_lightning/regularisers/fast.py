@@ -3,31 +3,34 @@
 The reference path (:func:`.functional.draw_quanta` + :func:`.functional.release`) is simple
 and autograd-traced: it draws a float32 uniform per element (slow on CPU) and autograd keeps
 the float multiplier ``m * c`` (4 bytes per element) for backward. This module computes the
-same thing faster and with less memory:
+same thing faster and with less memory; the modules (:class:`.QSD`, :class:`.Dropout` on CPU)
+use it by default.
 
-* **Backward memory** (:func:`masked_scale`): a custom autograd function saves the boolean mask
-  (1 byte per element of the mask) and the per-unit scale ``c`` (one value per *unit*, not
-  per element), never a float per element; backward is ``grad * (m * c)``, rebuilt from them.
-  Output and gradient are bit for bit those of the reference, given the same mask and draw.
-* **Exact cheap randomness** (:func:`sample_mask`): torch's float32 ``rand`` on CPU is
-  ``u = K / 2^24`` with K uniform on 24 bits, so the reference releases with probability
-  exactly ``ceil(p 2^24) / 2^24`` (method.md, eq. 4, at float32 resolution). We draw the top
-  8 bits of K (one random *byte* per element) and compare them with the top 8 bits of the
-  threshold T = ceil(p 2^24); only on a tie (probability 1/256) are the 16 low bits drawn,
-  for those elements alone. The decision ``K < T`` and hence the distribution are exactly the
-  reference's; there is no quantisation bias.
-* **Cheap generators**: on CPU the bits, the per-unit Gamma draws (eqs. 1-2) and the
-  ``independent`` permutation come from a numpy SFC64 generator seeded, once per forward,
-  from torch's global generator (so ``torch.manual_seed`` / ``lightning.seed_everything``
-  still make runs reproducible). numpy's float32 Gamma sampler is ~3x faster than
-  ``torch._standard_gamma``; the distribution is the same (method.md, eqs. 1-3).
-* **Fused kernels**: on CPU, a small C kernel (:mod:`._ckernel`, compiled with the system C
-  compiler on first use and cached) does sampling and scaling in one pass forward and one
-  pass backward, float32/float64, elementwise masks; otherwise eager torch ops are used.
-  On CUDA a Triton kernel (:mod:`._triton`) fuses the same, when Triton is installed.
+* **Backward memory** (:func:`masked_scale`, ``_Release``): a custom autograd function saves
+  the boolean mask (1 byte per mask element) and the scale ``c`` per *unit* (not per
+  element), never a float per element; backward is ``grad * (m * c)`` rebuilt from them.
+  Output and gradient are bit for bit the reference's, given the same draw and mask.
+* **Exact cheap randomness**: torch's float32 ``rand`` on CPU is ``u = K / 2^24`` with K
+  uniform on 24 bits, so the reference releases with probability exactly
+  ``ceil(p 2^24) / 2^24`` (method.md, eq. 4, at float32 resolution; :func:`thresholds`).
+  We draw the top 8 bits of K (one random *byte* per element) and compare them with the top
+  8 bits of T = ceil(p 2^24); only on a tie (probability 1/256) are K's 16 low bits drawn,
+  for those elements alone. The decision ``K < T``, hence the distribution, is exactly the
+  reference's: no quantisation bias (8-bit uniforms alone would round p to 1/256).
+* **Generators**: every random number derives from torch's global CPU generator (a few
+  64-bit seeds per step), so ``torch.manual_seed`` / ``lightning.seed_everything`` keep runs
+  reproducible, and results do not depend on the number of threads. With the compiled
+  kernel the bits come from counter-based SplitMix64 streams and the Gamma draws (eqs. 1-2)
+  from a Marsaglia-Tsang sampler (:mod:`._ckernel`); without it, from a numpy SFC64 generator
+  seeded from torch's (numpy's float32 Gamma sampler), or from torch itself.
+* **Fused kernels**: on CPU, :mod:`._ckernel` (C, compiled with the system compiler on first
+  use, cached) samples and scales in one pass forward and scales in one pass backward, for
+  float32/float64 and elementwise masks; other cases use the eager torch ops below
+  (:func:`sample_mask`, :func:`masked_scale`). On CUDA, :mod:`._triton` fuses the same when
+  Triton is installed (Philox uniforms, top 24 bits).
 
-Set ``QSD_FAST=0`` in the environment (or ``qsd_lightning.regularisers.fast.ENABLED = False``)
-to make the modules use the reference path.
+``QSD_FAST=0`` in the environment (or ``fast.ENABLED = False``) makes the modules use the
+reference path; ``QSD_CKERNEL=0`` / ``QSD_TRITON=0`` disable the compiled kernels.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from __future__ import annotations
 import math
 import os
 import threading
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -75,17 +78,19 @@ def _torch_words(n: int, device: torch.device | None = None) -> Tensor:
 
 
 class RandomBits:
-    """Uniform random bits (and Gamma draws) for one forward pass, all derived from torch's
-    global generator so that ``torch.manual_seed`` makes them reproducible.
+    """Random numbers for one forward pass, all derived from torch's global generator so
+    that ``torch.manual_seed`` makes them reproducible.
 
-    CPU: a (per-thread) numpy SFC64 generator whose state is set, when first needed in this
-    pass, from three 64-bit words drawn from torch's generator (then mixed by 12 outputs, as
-    numpy's own seeding does). Other devices, or without numpy: torch's generator there.
+    :meth:`seeds`: 64-bit seeds for the counter-based compiled kernels. :meth:`np` (CPU, for
+    the eager path): a per-thread numpy SFC64 generator whose state is set, when first needed
+    in this pass, from three 64-bit words drawn from torch's generator (then mixed by 12
+    outputs, as numpy's own seeding does). Other devices, or without numpy: torch's generator.
     """
 
     def __init__(self, device: torch.device | str | None = None) -> None:
         self.device = torch.device("cpu") if device is None else torch.device(device)
         self._np = None
+        self._seeds: list[int] = []
 
     @property
     def np(self):
@@ -106,8 +111,12 @@ class RandomBits:
         return self._np
 
     def seeds(self, n: int = 2) -> list[int]:
-        """``n`` uniform 64-bit seeds (Python ints in [0, 2^64)) for counter-based kernels."""
-        return [w & 0xFFFFFFFFFFFFFFFF for w in _torch_words(n).tolist()]
+        """``n`` uniform 64-bit seeds (Python ints in [0, 2^64)) for counter-based kernels
+        (drawn from torch's CPU generator four at a time: one call serves a whole step)."""
+        if len(self._seeds) < n:
+            self._seeds += [w & 0xFFFFFFFFFFFFFFFF for w in _torch_words(max(4, n)).tolist()]
+        out, self._seeds = self._seeds[:n], self._seeds[n:]
+        return out
 
     def words(self, n: int) -> Tensor:
         """``n`` uniform int64 words (64 random bits each), on this pass's device."""
@@ -153,15 +162,29 @@ def draw_quanta_fast(
     device: torch.device | str | None = None,
     bits: RandomBits | None = None,
 ) -> QuantalDraw:
-    """:func:`.functional.draw_quanta` with the draws taken from ``bits`` (numpy on CPU).
+    """:func:`.functional.draw_quanta` with the draws taken from ``bits``: on CPU the
+    compiled Gamma sampler (or numpy's), elsewhere the reference itself.
 
     Same equations and float32 arithmetic as the reference (method.md, eqs. 1-3, table 1);
-    only the generator differs. On non-CPU devices it is the reference itself.
+    only the generator differs.
     """
     device = torch.device("cpu") if device is None else torch.device(device)
     if device.type != "cpu" or gamma is None or rate == 0.0:
         return draw_quanta(unit_shape, rate, gamma, mode, device=device)
     bits = bits or RandomBits(device)
+    from . import _ckernel
+
+    if _ckernel.available() and mode in ("release", "size", "independent", "coupled"):
+        k = 1.0 - rate
+        f32 = dict(dtype=torch.float32, device=device)
+        p, c = _ckernel.draw(unit_shape, rate, gamma, mode == "coupled", bits.seeds(2))
+        if mode == "release":
+            c = torch.tensor(1.0 / k, **f32)
+        elif mode == "size":
+            p = torch.tensor(k, **f32)
+        elif mode == "independent":
+            c = c.flatten()[bits.permutation(c.numel())].view_as(c)
+        return QuantalDraw(p=p, c=c)
     if _np is None:  # no numpy: the reference draws
         return draw_quanta(unit_shape, rate, gamma, mode, device=device)
     k = 1.0 - rate
@@ -299,16 +322,6 @@ def unit_arrays(shape: tuple[int, ...], *tensors: Tensor) -> tuple[list[Tensor],
 
 
 # --------------------------------------------------------------------------- scaling with a saved mask
-def _multiplier(mask: Tensor, c: Tensor, dtype: torch.dtype) -> Tensor:
-    """The reference multiplier ``(mask * c).to(dtype)``, exactly, as a fresh tensor.
-
-    ``c`` is already in ``dtype``; 1 * c = c and 0 * c = 0 exactly, so converting first and
-    scaling after gives the same bits as the reference's float32 product then cast.
-    """
-    m = mask.view(torch.uint8).to(dtype) if mask.dtype == torch.bool else mask.to(dtype)
-    return m.mul_(c)
-
-
 _NEG_ZERO: dict[tuple[torch.dtype, torch.device], Tensor] = {}
 
 

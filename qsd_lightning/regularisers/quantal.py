@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional, Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -27,6 +28,20 @@ Mode = Literal["release", "size", "independent", "coupled"]
 
 def _dims(dims: Sequence[int] | None) -> tuple[int, ...] | None:
     return None if dims is None else tuple(int(d) for d in dims)
+
+
+def draw_and_release(x: Tensor, rate: float, gamma, mode: str, unit_shape, mask_shape):
+    """Draw the per-unit quanta and release them: ``(y, draw, mask)``.
+
+    The fast path (:mod:`.fast`: same distribution, output and gradient, 1 byte per element
+    kept for backward) unless disabled (``QSD_FAST=0``) or under ``torch.compile``, where the
+    reference path (docs/method.md, eqs. 1-4) is traced instead.
+    """
+    if fast.ENABLED and not torch.compiler.is_compiling():
+        return fast.quantal_release(x, rate, gamma, mode, unit_shape, mask_shape)
+    draw = draw_quanta(unit_shape, rate, gamma, mode, device=x.device)
+    y, mask = release(x, draw, mask_shape)
+    return y, draw, mask
 
 
 class _MaskedRegulariser(Regulariser):
@@ -58,11 +73,7 @@ class _MaskedRegulariser(Regulariser):
             return x
         unit_shape, mask_shape = unit_and_mask_shapes(x.shape, self.unit_dims, self.locked_dims)
         gamma = self.current_gamma()
-        if fast.ENABLED:  # same distribution, output and gradient; 1 byte/element for backward
-            y, draw, mask = fast.quantal_release(x, self.rate, gamma, self._mode(), unit_shape, mask_shape)
-        else:  # the reference path (docs/method.md, eqs. 1-4, traced by autograd)
-            draw = draw_quanta(unit_shape, self.rate, gamma, self._mode(), device=x.device)
-            y, mask = release(x, draw, mask_shape)
+        y, draw, mask = draw_and_release(x, self.rate, gamma, self._mode(), unit_shape, mask_shape)
         self._record(draw, mask, gamma)
         self._after_step()
         return y
@@ -153,7 +164,7 @@ class Dropout(_MaskedRegulariser):
     def forward(self, x: Tensor) -> Tensor:
         if (
             self.training and self.rate > 0 and not self.locked_dims and not self.collect_statistics
-            and not (fast.ENABLED and x.device.type == "cpu")
+            and not (fast.ENABLED and x.device.type == "cpu" and not torch.compiler.is_compiling())
         ):
             return F.dropout(x, self.rate, training=True)
         return super().forward(x)

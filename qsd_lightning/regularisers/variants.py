@@ -34,8 +34,8 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from .base import Regulariser, ReleaseStatistics
-from .functional import draw_quanta, release, unit_and_mask_shapes
-from .quantal import Dropout, _MaskedRegulariser
+from .functional import unit_and_mask_shapes
+from .quantal import Dropout, _MaskedRegulariser, draw_and_release
 from .registry import register
 from .types import Rate
 
@@ -97,8 +97,7 @@ class _ShapeLockedDropout(Dropout):
         if not self.training or self.rate == 0.0:
             return x
         unit_shape, mask_shape = unit_and_mask_shapes(x.shape, None, locked)
-        draw = draw_quanta(unit_shape, self.rate, None, device=x.device)
-        y, mask = release(x, draw, mask_shape)
+        y, draw, mask = draw_and_release(x, self.rate, None, "release", unit_shape, mask_shape)
         self._record(draw, mask, None)
         return y
 
