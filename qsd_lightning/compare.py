@@ -235,7 +235,7 @@ def parse_args(argv: Sequence[str] | None = None) -> GridArgs:
     return GridArgs(
         config=config, regularisers=specs, seeds=list(ns.seeds), overrides=overrides, out=Path(ns.out),
         baseline=baseline, jobs=ns.jobs, threads=ns.threads, timeout=ns.timeout, wandb=ns.wandb,
-        dry_run=ns.dry_run, report_only=ns.report_only, argv=argv,
+        dry_run=ns.dry_run, report_only=ns.report_only, argv=[a for a in argv if a != "--report-only"],
     )
 
 
@@ -380,7 +380,7 @@ def run_grid(grid: GridArgs) -> list[tuple[Run, str]]:
                 tqdm.write(f"{name}: {message}")
             else:
                 failures.append((run, message))
-                tqdm.write(f"FAILED {name}: {message}")
+                tqdm.write(f"FAILED {name}: {message}", file=sys.stderr)
     bar.close()
     return failures
 
@@ -594,7 +594,7 @@ def _fmt(x: float, digits: int = 3) -> str:
         return "–"
     if isinstance(x, float) and math.isinf(x):
         return "inf" if x > 0 else "-inf"
-    return f"{x:.{digits}g}" if abs(x) < 1e-3 and x != 0 else f"{x:.{digits}f}"
+    return f"{x:.{digits}g}" if (abs(x) < 1e-3 and x != 0) or abs(x) >= 1e5 else f"{x:.{digits}f}"
 
 
 def _mean_sd(values, digits: int = 3) -> str:
@@ -725,6 +725,24 @@ def write_report(frame, grid: GridArgs, failures: Iterable[tuple[Run, str]] = ()
                 cells.append(f"{_fmt(float(m.mean()), 4) if m is not None else '–'} / {_fmt(float(s.mean()), 4) if s is not None else '–'}")
             lines.append(f"| `{x}` | " + " | ".join(cells) + " |")
         lines.append("")
+    secondary = [f"sparsity/{x}/{m}" for m in ("population", "hoyer") for x in layers if f"sparsity/{x}/{m}" in ok.columns]
+    secondary += [f"weights/{x}/std" for x in params if x.endswith("weight") and f"weights/{x}/std" in ok.columns]
+    rows = [(col, paired_table(frame, grid, col)) for col in secondary]
+    if rows and any(t["test"].n > 1 for _, pairs_ in rows for t in pairs_):
+        others = [p["regulariser"] for p in rows[0][1]]
+        lines += [
+            f"## Sparsity and weight spread paired against `{grid.baseline}`",
+            "",
+            f"Each cell: mean difference regulariser − `{grid.baseline}` over the same seeds (paired t-test p). "
+            "Positive sparsity: sparser code; positive weight std: wider weights.",
+            "",
+            "| measure | " + " | ".join(f"`{o}`" for o in others) + " |",
+            "|---|" + "---|" * len(others),
+        ]
+        for col, pairs_ in rows:
+            cells = [f"{q['test'].mean_diff:+.4f} (p {q['test'].p:.2g})" for q in pairs_]
+            lines.append(f"| `{col}` | " + " | ".join(cells) + " |")
+        lines.append("")
     figures = [f for f in (f"{_metric_slug(metric)}.png", "sparsity.png", "weights.png") if (out / f).is_file()]
     if figures:
         lines += ["## Figures", ""] + [f"![{f}]({f})" for f in figures] + [""]
@@ -767,7 +785,7 @@ def plot(frame, grid: GridArgs) -> list[Path]:
 
     metric, metric_desc, _ = primary_metric(frame)
     if metric in ok.columns:
-        fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(labels), 4))
+        fig, ax = plt.subplots(figsize=(max(4.5, 1.6 + 1.3 * len(labels)), 4.2))
         for i, label in enumerate(labels):
             v = ok[ok["regulariser"] == label][metric].dropna().to_numpy()
             ax.scatter(i + rng.uniform(-0.12, 0.12, len(v)), v, color=colors[label], alpha=0.8, zorder=3)
@@ -775,7 +793,7 @@ def plot(frame, grid: GridArgs) -> list[Path]:
                 ax.errorbar(i + 0.28, v.mean(), yerr=v.std(ddof=1) if len(v) > 1 else 0, fmt="_", color="k", capsize=4, ms=14)
         ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right", fontsize=8)
         ax.set_ylabel(metric_desc)
-        ax.set_title(f"{grid.config.stem}: {metric_desc}, seeds as points, bar = mean ± sd", fontsize=9)
+        ax.set_title(f"{grid.config.stem}: {metric_desc}\nseeds as points, bar = mean ± sd", fontsize=9)
         ax.grid(axis="y", alpha=0.3)
         fig.tight_layout()
         written.append(out / f"{_metric_slug(metric)}.png")
@@ -833,9 +851,14 @@ def plot(frame, grid: GridArgs) -> list[Path]:
                     ax.hist(np.concatenate(tensors[key][label]), bins=bins, histtype="step", density=True, color=colors[label], label=label)
             ax.set_title(key.removeprefix("net."), fontsize=8)
             ax.tick_params(labelsize=7)
-        for ax in list(axes.flat)[len(keys):]:
+        spare = list(axes.flat)[len(keys):]
+        for ax in spare:
             ax.axis("off")
-        axes[0][0].legend(fontsize=6)
+        handles, names = axes.flat[0].get_legend_handles_labels()
+        if spare:
+            spare[-1].legend(handles, names, fontsize=8, loc="center", frameon=False)
+        else:
+            fig.legend(handles, names, fontsize=7, loc="lower center", ncol=min(4, len(names)))
         fig.suptitle(f"{grid.config.stem}: weights and biases of the tested checkpoints (all seeds pooled, central 99%)", fontsize=9)
         fig.tight_layout()
         written.append(out / "weights.png")
