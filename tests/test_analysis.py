@@ -103,7 +103,7 @@ def test_digits_run_leaves_wandb_and_csv_series(run_cli, offline_wandb):
     assert "quantal/hidden.1.reg/gamma" in keys and "sparsity/hidden.0.act/population" in keys
     assert any(k.startswith("quantal/hidden.1.reg/p/") for k in keys), "p_j histogram missing"
     gammas = [r["quantal/hidden.1.reg/gamma"] for r in rows if "quantal/hidden.1.reg/gamma" in r]
-    assert gammas and all(g == 4.0 for g in gammas)
+    assert gammas and all(g == 16.0 for g in gammas)
     populations = [r["sparsity/hidden.0.act/population"] for r in rows if "sparsity/hidden.0.act/population" in r]
     assert len(populations) == 2 and all(0 <= v <= 1 for v in populations)
 

@@ -99,7 +99,7 @@ def test_print_config_shows_regulariser(capsys):
     with pytest.raises(SystemExit):
         cli_main(["fit", "--config", DIGITS, "--model.regulariser", "qsd", "--print_config"])
     out = capsys.readouterr().out
-    assert "gamma: 4.0" in out and "mode: coupled" in out
+    assert "gamma: 16.0" in out and "mode: coupled" in out
 
 
 def test_fit_validate_test_predict_on_digits(run_cli, tmp_path):

@@ -129,7 +129,7 @@ def test_channel_mask_needs_locked_dims():
 
 
 def test_per_site_rates_override_the_template():
-    model = CNNClassifier(channels=[8, 16, 16], regulariser=QSD(rate=0.3), conv_rate=0.1, classifier_rate=0.0)
+    model = CNNClassifier(channels=[8, 16, 16], regulariser=QSD(rate=0.3, gamma=4.0), conv_rate=0.1, classifier_rate=0.0)
     sites = _sites(model)
     assert sorted(sites) == ["net.features.1.reg", "net.features.2.reg"]
     assert all(isinstance(s, QSD) and s.rate == 0.1 and s.gamma == 4.0 for s in sites.values())

@@ -308,7 +308,7 @@ def test_modules_use_the_fast_path_and_can_switch_back(monkeypatch):
     a = QSD(rate=0.5)(x)
     torch.manual_seed(0)
     unit_shape, mask_shape = unit_and_mask_shapes(x.shape, None, ())
-    draw = draw_quanta(unit_shape, 0.5, 4.0, "coupled")
+    draw = draw_quanta(unit_shape, 0.5, 16.0, "coupled")  # the default gamma
     assert torch.equal(a, release(x, draw, mask_shape)[0])
 
 

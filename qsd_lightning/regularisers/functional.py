@@ -168,7 +168,7 @@ def release(x: Tensor, draw: QuantalDraw, mask_shape: Sequence[int]) -> tuple[Te
 def qsd(
     x: Tensor,
     rate: float = 0.5,
-    gamma: float | None = 4.0,
+    gamma: float | None = 16.0,
     mode: str = "coupled",
     training: bool = True,
     unit_dims: Sequence[int] | None = None,

@@ -95,7 +95,8 @@ class QSD(_MaskedRegulariser):
 
     Args:
         rate: dropout rate r in [0, 1).
-        gamma: precision (> 0): large gamma means little heterogeneity across units.
+        gamma: precision (> 0): large gamma means little heterogeneity across units. The
+            default, 16, is the evidence-based choice of docs/results.md.
         mode: ``release``, ``size``, ``independent`` or ``coupled`` (method.md, table 1).
         gamma_step: annealing slope (>= 0) per training step.
         unit_dims: input dims that index units (default: all non-batch, non-locked dims).
@@ -106,7 +107,7 @@ class QSD(_MaskedRegulariser):
     def __init__(
         self,
         rate: Rate = 0.5,
-        gamma: Optional[Precision] = 4.0,
+        gamma: Optional[Precision] = 16.0,
         mode: Mode = "coupled",
         gamma_step: NonNegative = 0.0,
         unit_dims: Optional[Sequence[int]] = None,
