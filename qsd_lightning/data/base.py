@@ -8,7 +8,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-__all__ = ["TensorDataModule", "DataNotFoundError", "CorruptDataError", "seeded_split"]
+__all__ = ["SplitDataModule", "TensorDataModule", "DataNotFoundError", "CorruptDataError", "seeded_split"]
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -31,7 +31,27 @@ def seeded_split(n: int, fractions: tuple[float, ...], seed: int) -> list[torch.
     return parts
 
 
-class TensorDataModule(L.LightningDataModule):
+class SplitDataModule(L.LightningDataModule):
+    """The four data loaders, from one ``_loader(split, shuffle)`` that subclasses implement;
+    only the training split is shuffled and ``predict`` serves the test split."""
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+
+class TensorDataModule(SplitDataModule):
     """Loads tensors in ``load()`` (every rank, deterministic) and serves them in batches.
 
     Subclasses implement ``load() -> dict(train=(x, y), val=(x, y), test=(x, y))`` and set
@@ -66,14 +86,3 @@ class TensorDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)

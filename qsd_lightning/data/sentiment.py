@@ -18,14 +18,13 @@ import zlib
 from pathlib import Path
 from typing import Literal, Optional, Sequence
 
-import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .base import CorruptDataError, DataNotFoundError, seeded_split
+from .base import CorruptDataError, DataNotFoundError, SplitDataModule, seeded_split
 from .text import PAD_INDEX, TOKENIZER_VERSION, UNK_INDEX, Vocabulary, tokenize
 
 __all__ = ["SentimentDataModule", "EncodedTextDataset", "BucketBatchSampler", "pad_collate"]
@@ -125,7 +124,7 @@ def _network_available(host: str = "huggingface.co", timeout: float = 3.0) -> tu
         return False, f"cannot reach {host}: {err}"
 
 
-class SentimentDataModule(L.LightningDataModule):
+class SentimentDataModule(SplitDataModule):
     """Sentiment classification from local files or the Hugging Face Hub; binary labels.
 
     Sources (``format``; ``auto`` takes the first one found in ``data_dir``, in this order):
@@ -465,17 +464,6 @@ class SentimentDataModule(L.LightningDataModule):
             return DataLoader(data, batch_sampler=BucketBatchSampler(data.lengths, self.batch_size, shuffle), **common)
         return DataLoader(data, batch_size=self.batch_size, shuffle=shuffle, **common)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
 
 
 # ---------------------------------------------------------------------- file readers
