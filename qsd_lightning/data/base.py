@@ -77,6 +77,10 @@ class TensorDataModule(SplitDataModule):
         if not self.splits:
             self.splits = {name: TensorDataset(*tensors) for name, tensors in self.load().items()}
 
+    def collate_fn(self, split: str):
+        """How batches of ``split`` are assembled (None: torch's default)."""
+        return None
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         return DataLoader(
             self.splits[split],
@@ -84,5 +88,6 @@ class TensorDataModule(SplitDataModule):
             shuffle=shuffle,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            collate_fn=self.collate_fn(split),
         )
 

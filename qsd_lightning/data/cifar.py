@@ -36,7 +36,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader
 
 from .base import CorruptDataError, DataNotFoundError, TensorDataModule, seeded_split
 
@@ -467,15 +466,8 @@ class CIFARDataModule(TensorDataModule):
             "test": (torch.from_numpy(x_test), torch.from_numpy(y_test)),
         }
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self.splits[split],
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            collate_fn=CIFARCollate(self.mean, self.std, augment=self.augment and split == "train"),
-        )
+    def collate_fn(self, split: str) -> "CIFARCollate":
+        return CIFARCollate(self.mean, self.std, augment=self.augment and split == "train")
 
 
 # ----------------------------------------------------------------------------- writers (tests, tools)
