@@ -709,6 +709,8 @@ def write_report(frame, grid: GridArgs, failures: Iterable[tuple[Run, str]] = ()
             lines.append("")
     params, stats = _layers(ok, "weights/")
     if params:
+        if lines[-1]:
+            lines.append("")
         lines += [
             "## Weights and biases (final validation)",
             "",
@@ -726,7 +728,9 @@ def write_report(frame, grid: GridArgs, failures: Iterable[tuple[Run, str]] = ()
             lines.append(f"| `{x}` | " + " | ".join(cells) + " |")
         lines.append("")
     secondary = [f"sparsity/{x}/{m}" for m in ("population", "hoyer") for x in layers if f"sparsity/{x}/{m}" in ok.columns]
-    secondary += [f"weights/{x}/std" for x in params if x.endswith("weight") and f"weights/{x}/std" in ok.columns]
+    secondary += [
+        f"weights/{x}/std" for x in params if x.rpartition(".")[2].startswith("weight") and f"weights/{x}/std" in ok.columns
+    ]
     rows = [(col, paired_table(frame, grid, col)) for col in secondary]
     if rows and any(t["test"].n > 1 for _, pairs_ in rows for t in pairs_):
         others = [p["regulariser"] for p in rows[0][1]]

@@ -117,3 +117,43 @@ def test_resume_continues_the_same_wandb_run(run_cli, offline_wandb):
     run_cli("fit", *args, "--trainer.max_epochs=2", "--ckpt_path=last")
     ids = {p.name for p in find_run_files(offline_wandb)}
     assert len(ids) == 1, ids  # the same run-<id>.wandb name in both run directories
+
+
+def test_weight_distributions_include_recurrent_matrices(tmp_path):
+    import lightning as L
+    from torch import nn
+
+    from qsd_lightning.callbacks import WeightDistributions
+
+    class TinyRecurrent(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.rnn = nn.LSTM(3, 4, batch_first=True)
+            self.out = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.out(self.rnn(x)[0][:, -1])
+
+        def training_step(self, batch, _):
+            return nn.functional.cross_entropy(self(batch[0]), batch[1])
+
+        def validation_step(self, batch, _):
+            self.log("val/loss", nn.functional.cross_entropy(self(batch[0]), batch[1]))
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    g = torch.Generator().manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(8, 5, 3, generator=g), torch.randint(0, 2, (8,), generator=g))
+    loader = torch.utils.data.DataLoader(data, batch_size=4)
+    model = TinyRecurrent()
+    trainer = L.Trainer(
+        accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=tmp_path, callbacks=[WeightDistributions(histograms=False)],
+    )
+    trainer.fit(model, loader, loader)
+    metrics = trainer.callback_metrics
+    for name in ("rnn.weight_ih_l0", "rnn.weight_hh_l0", "rnn.bias_ih_l0", "out.weight", "out.bias"):
+        param = model.get_parameter(name).detach().double()
+        assert metrics[f"weights/{name}/mean"].item() == pytest.approx(param.mean().item(), rel=1e-5, abs=1e-7)
+        assert metrics[f"weights/{name}/std"].item() == pytest.approx(param.std(unbiased=False).item(), rel=1e-5)

@@ -84,6 +84,31 @@ def test_datamodule_split_normalise_deterministic(tmp_path):
     assert a.num_classes == 10
 
 
+def test_train_size_is_a_fixed_subset_disjoint_from_validation(tmp_path):
+    make_pickles(tmp_path)
+    full = CIFARDataModule(data_dir=str(tmp_path), val_size=8, download=False, seed=3)
+    full.setup("fit")
+    subsets = []
+    for _ in range(2):
+        dm = CIFARDataModule(data_dir=str(tmp_path), val_size=8, train_size=10, download=False, seed=3)
+        dm.setup("fit")
+        subsets.append(dm)
+    a, b = subsets
+    assert [len(a.splits[s]) for s in ("train", "val", "test")] == [10, 8, 20]
+    assert torch.equal(a.splits["train"].tensors[0], b.splits["train"].tensors[0])
+    # the validation and test sets do not change; the subset comes from the same training split
+    assert torch.equal(a.splits["val"].tensors[0], full.splits["val"].tensors[0])
+    assert torch.equal(a.splits["train"].tensors[0], full.splits["train"].tensors[0][:10])
+
+
+@pytest.mark.parametrize("train_size, match", [(0, "train_size must be >= 1"), (33, "more than the 32 training")])
+def test_train_size_checked(tmp_path, train_size, match):
+    make_pickles(tmp_path)
+    with pytest.raises(ValueError, match=match):
+        dm = CIFARDataModule(data_dir=str(tmp_path), val_size=8, train_size=train_size, download=False)
+        dm.setup("fit")
+
+
 def test_augment_train_only(tmp_path):
     make_pickles(tmp_path)
     dm = CIFARDataModule(data_dir=str(tmp_path), val_size=8, batch_size=32, augment=True, download=False)

@@ -14,6 +14,10 @@ __all__ = ["WeightDistributions"]
 class WeightDistributions(L.Callback):
     """Log ``weights/<parameter>/mean`` and ``/std`` of every weight and bias (W&B: histograms).
 
+    A parameter counts when its name starts with ``weight`` or ``bias``, so the recurrent
+    matrices of ``nn.LSTM``/``nn.GRU`` (``weight_ih_l0``, ``weight_hh_l0``, ``bias_ih_l0``, ...)
+    are included beside ``nn.Linear``/``nn.Conv2d`` weights.
+
     Parameters are identical on every rank under DDP, so nothing needs reducing. Normalisation
     layers are included; pass ``include_norm=False`` to keep only weight layers.
     """
@@ -30,7 +34,7 @@ class WeightDistributions(L.Callback):
             if not self.include_norm and isinstance(module, torch.nn.modules.batchnorm._NormBase):
                 continue
             for pname, param in module.named_parameters(recurse=False):
-                if pname not in ("weight", "bias"):
+                if not pname.startswith(("weight", "bias")):
                     continue
                 key = f"weights/{layer_name(module_name)}.{pname}"
                 values = param.detach().double()

@@ -409,7 +409,9 @@ class CIFARDataModule(TensorDataModule):
     ``download`` is on (20 s socket timeout); offline it stops at once naming ``data_dir``,
     the files expected and how to get them. The validation set is a seeded split of
     ``val_size`` training images. ``augment``: 4-pixel zero-padded random crops and
-    horizontal flips, training split only.
+    horizontal flips, training split only. ``train_size``: keep only that many images of the
+    training split (a seeded choice, the same for every run with the same ``seed``), for
+    data-limited experiments and short CPU budgets; ``None`` keeps them all.
     """
 
     def __init__(
@@ -418,6 +420,7 @@ class CIFARDataModule(TensorDataModule):
         dataset: Dataset = "cifar10",
         batch_size: int = 128,
         val_size: int = 5000,
+        train_size: Optional[int] = None,
         augment: bool = False,
         download: bool = True,
         seed: int = 0,
@@ -428,8 +431,11 @@ class CIFARDataModule(TensorDataModule):
             raise ValueError(f"dataset must be one of {', '.join(LAYOUTS)}, got {dataset!r}")
         if val_size < 1:
             raise ValueError(f"val_size must be >= 1, got {val_size}")
+        if train_size is not None and train_size < 1:
+            raise ValueError(f"train_size must be >= 1 or null, got {train_size}")
         self.dataset = dataset
         self.val_size = val_size
+        self.train_size = train_size
         self.augment = augment
         self.download = download
         self.num_classes = len(LAYOUTS[dataset].classes)
@@ -459,6 +465,13 @@ class CIFARDataModule(TensorDataModule):
         if not self.val_size < len(y_train):
             raise ValueError(f"val_size {self.val_size} must be smaller than the {len(y_train)} training images")
         val, train = seeded_split(len(y_train), (self.val_size / len(y_train),), self.seed)
+        if self.train_size is not None:
+            if self.train_size > len(train):
+                raise ValueError(
+                    f"train_size {self.train_size} is more than the {len(train)} training images left "
+                    f"after the {self.val_size}-image validation split"
+                )
+            train = train[: self.train_size]  # the split is a seeded permutation: a random subset
         x_train, y_train = torch.from_numpy(x_train), torch.from_numpy(y_train)
         return {
             "train": (x_train[train], y_train[train]),

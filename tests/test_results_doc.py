@@ -1,0 +1,81 @@
+"""scripts/update_results_doc.py: docs/results.md blocks refreshed from the runner's results.md."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "update_results_doc.py"
+spec = importlib.util.spec_from_file_location("update_results_doc", SCRIPT)
+update_results_doc = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(update_results_doc)
+
+RESULTS = """# mlp_digits: regulariser comparison
+
+Made by:
+
+```bash
+python -m qsd_lightning.compare --out results/grid
+```
+
+## test error (%)
+
+| regulariser | n | test error (%) |
+|---|---|---|
+| `dropout` | 5/5 | {value} |
+
+## Figures
+
+![test_error.png](test_error.png)
+"""
+
+DOC = """# Results
+
+```bash
+python -m qsd_lightning.compare --out results/grid
+```
+
+<!-- BEGIN results/grid -->
+stale
+<!-- END results/grid -->
+
+Reading: kept as written.
+"""
+
+
+@pytest.fixture
+def layout(tmp_path):
+    grid = tmp_path / "results" / "grid"
+    grid.mkdir(parents=True)
+    (grid / "results.md").write_text(RESULTS.format(value="1.504 ± 0.153"))
+    (grid / "test_error.png").write_bytes(b"\x89PNG fake")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "results.md").write_text(DOC)
+    return tmp_path, grid, docs / "results.md"
+
+
+def run(root, doc, *extra):
+    return update_results_doc.main(["--doc", str(doc), "--root", str(root), *extra])
+
+
+def test_block_refreshed_figures_copied_prose_kept(layout):
+    root, grid, doc = layout
+    assert run(root, doc, "--check") == 1  # the stale block differs
+    assert run(root, doc) == 0
+    text = doc.read_text()
+    assert "stale" not in text and "Made by" not in text and "# mlp_digits" not in text
+    assert "#### test error (%)" in text and "| `dropout` | 5/5 | 1.504 ± 0.153 |" in text
+    assert "![grid: test error](figures/results_grid_test_error.png)" in text
+    assert (doc.parent / "figures" / "results_grid_test_error.png").read_bytes() == b"\x89PNG fake"
+    assert text.startswith("# Results") and text.rstrip().endswith("Reading: kept as written.")
+    assert run(root, doc, "--check") == 0  # idempotent
+    (grid / "results.md").write_text(RESULTS.format(value="1.600 ± 0.100"))
+    assert run(root, doc, "--check") == 1  # a re-run with other numbers is caught
+
+
+def test_missing_results_is_an_error(layout, capsys):
+    root, grid, doc = layout
+    (grid / "results.md").unlink()
+    assert run(root, doc) == 2
+    assert "run the command printed above the block" in capsys.readouterr().err
