@@ -887,7 +887,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(shlex.join(run_command(grid, run)))
         return 0
     grid.out.mkdir(parents=True, exist_ok=True)
-    (grid.out / "grid.json").write_text(json.dumps({"argv": grid.argv, "command": "python -m qsd_lightning.compare " + shlex.join(grid.argv)}, indent=1))
+    if not grid.report_only:  # grid.json records the last grid that ran runs, not a report's view of it
+        (grid.out / "grid.json").write_text(json.dumps({"argv": grid.argv, "command": "python -m qsd_lightning.compare " + shlex.join(grid.argv)}, indent=1))
     failures = [] if grid.report_only else run_grid(grid)
     frame = collect(grid)
     plot(frame, grid)

@@ -1,17 +1,19 @@
 """Refresh the generated parts of docs/results.md from the comparison runner's output.
 
-docs/results.md prints, above each table, the ``python -m qsd_lightning.compare ... --out
-results/<name>`` command that made it, followed by a block
+docs/results.md prints each grid as a fenced ``bash`` block holding the ``python -m
+qsd_lightning.compare ... --out results/<name>`` command, directly followed by
 
     <!-- BEGIN results/<name> -->
     ... (generated: do not edit by hand) ...
     <!-- END results/<name> -->
 
-This script replaces every such block with the body of ``results/<name>/results.md`` (title and
-"Made by" paragraph dropped, since the doc prints the command; headings moved down two levels)
-and copies the grid's PNGs to ``docs/figures/results_<name>_<plot>.png``, linking them. So after
-re-running the commands, ``python scripts/update_results_doc.py`` puts the new numbers in the
-doc, and ``--check`` says whether a re-run reproduced the published ones (exit 1 if not).
+This script replaces the command with the one recorded under "Made by" in
+``results/<name>/results.md`` (the command whose runs the report holds), replaces the block with
+that report's body (title and "Made by" dropped; headings moved down two levels), and copies the
+grid's PNGs to ``docs/figures/results_<name>_<plot>.png``, linking them. So the command printed
+above a table is always the one that made it; after re-running the commands,
+``python scripts/update_results_doc.py`` puts the new numbers in the doc, and ``--check`` says
+whether a re-run reproduced the published ones, command included (exit 1 if not).
 
     python scripts/update_results_doc.py                 # rewrite docs/results.md in place
     python scripts/update_results_doc.py --check         # compare only; exit 1 on a difference
@@ -27,6 +29,8 @@ import sys
 from pathlib import Path
 
 BLOCK = re.compile(r"(<!-- BEGIN (?P<name>[^\s>]+) -->\n)(?P<body>.*?)(<!-- END (?P=name) -->)", re.S)
+COMMAND = re.compile(r"```bash\n(?P<command>[^\n]*)\n```\n\n$")
+MADE_BY = re.compile(r"^Made by:\n\n```bash\n(?P<command>[^\n]*)\n```$", re.M)
 IMAGE = re.compile(r"!\[(?P<alt>[^\]]*)\]\((?P<file>[^)\s]+\.png)\)")
 
 
@@ -59,26 +63,47 @@ def grid_body(results_md: str, name: str, figures_rel: str, copy_figure) -> str:
     return "\n".join(out) + "\n"
 
 
-def render(doc: str, root: Path, figures: Path, write_figures: bool) -> str:
-    """``doc`` with every block refreshed from ``root/<name>/results.md``."""
-    figures_rel = "figures"
+def made_by(results_md: str, name: str) -> str:
+    """The grid command recorded in a runner report."""
+    match = MADE_BY.search(results_md)
+    if match is None:
+        raise DocError(f"{name}/results.md has no 'Made by' command: re-run the grid to rewrite it")
+    return match["command"]
 
-    def replace(match: re.Match) -> str:
-        name = match["name"]
-        grid = root / name
-        source = grid / "results.md"
+
+def render(doc: str, root: Path, figures: Path, write_figures: bool) -> str:
+    """``doc`` with every block, and the command printed above it, refreshed from
+    ``root/<name>/results.md``."""
+    figures_rel = "figures"
+    pieces: list[str] = []
+    done = 0
+    for match in BLOCK.finditer(doc):
+        before = doc[done:match.start()]
+        command = COMMAND.search(before)
+        if command is None:
+            raise DocError(f"block {match['name']}: put its command in a ```bash block right above it")
+        source = root / match["name"] / "results.md"
         if not source.is_file():
             raise DocError(f"{source} not found: run the command printed above the block first")
+        pieces.append(before[:command.start("command")] + made_by(source.read_text(), match["name"]) + before[command.end("command"):])
+        pieces.append(render_block(match, root, figures, figures_rel, write_figures))
+        done = match.end()
+    pieces.append(doc[done:])
+    return "".join(pieces)
 
-        def copy_figure(file: str, target: str) -> None:
-            if write_figures and (grid / file).is_file():
-                figures.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(grid / file, figures / target)
 
-        body = grid_body(source.read_text(), name, figures_rel, copy_figure)
-        return match.group(1) + body + match.group(4)
+def render_block(match: re.Match, root: Path, figures: Path, figures_rel: str, write_figures: bool) -> str:
+    """One ``BEGIN``/``END`` block refreshed from its grid's report."""
+    name = match["name"]
+    grid = root / name
 
-    return BLOCK.sub(replace, doc)
+    def copy_figure(file: str, target: str) -> None:
+        if write_figures and (grid / file).is_file():
+            figures.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(grid / file, figures / target)
+
+    body = grid_body((grid / "results.md").read_text(), name, figures_rel, copy_figure)
+    return match.group(1) + body + match.group(4)
 
 
 def main(argv: list[str] | None = None) -> int:

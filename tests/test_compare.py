@@ -179,6 +179,11 @@ def test_finished_runs_are_skipped_and_failures_reported(tmp_path, monkeypatch, 
     rows = (tmp_path / "results.csv").read_text().splitlines()
     assert len(rows) == 7
 
+    recorded = (tmp_path / "grid.json").read_text()
+    assert C.main([*argv[:4], "--seeds", "0", "--out", str(tmp_path), "--report-only"]) == 0
+    assert (tmp_path / "grid.json").read_text() == recorded  # a report-only view does not rewrite the record
+    assert "| `dropout` | 1/1 |" in (tmp_path / "results.md").read_text()
+
 
 # --------------------------------------------------------------------------- a tiny real grid
 

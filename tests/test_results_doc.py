@@ -79,3 +79,29 @@ def test_missing_results_is_an_error(layout, capsys):
     (grid / "results.md").unlink()
     assert run(root, doc) == 2
     assert "run the command printed above the block" in capsys.readouterr().err
+
+
+def test_printed_command_is_the_one_that_made_the_numbers(layout):
+    root, grid, doc = layout
+    assert run(root, doc) == 0
+    report = RESULTS.format(value="1.504 ± 0.153").replace("--out results/grid", "--seeds 0 1 2 3 4 --out results/grid")
+    (grid / "results.md").write_text(report)
+    assert run(root, doc, "--check") == 1  # same numbers, other command: caught
+    assert run(root, doc) == 0
+    text = doc.read_text()
+    assert "```bash\npython -m qsd_lightning.compare --seeds 0 1 2 3 4 --out results/grid\n```\n\n<!-- BEGIN results/grid -->" in text
+    assert run(root, doc, "--check") == 0
+
+
+def test_block_without_a_command_above_is_an_error(layout, capsys):
+    root, grid, doc = layout
+    doc.write_text(DOC.replace("```bash\npython -m qsd_lightning.compare --out results/grid\n```\n", ""))
+    assert run(root, doc) == 2
+    assert "```bash block right above it" in capsys.readouterr().err
+
+
+def test_report_without_made_by_is_an_error(layout, capsys):
+    root, grid, doc = layout
+    (grid / "results.md").write_text(RESULTS.format(value="1").replace("Made by:", "Made somehow:"))
+    assert run(root, doc) == 2
+    assert "no 'Made by' command" in capsys.readouterr().err
