@@ -21,8 +21,9 @@ where it stopped. A failed run is reported (with the tail of its log) and the gr
 
 Outputs in ``<out>``: ``results.csv`` (one row per run: test metrics, final validation
 sparsity per layer, weight statistics), ``results.md`` (mean +- sd per regulariser, paired
-t-test and exact sign-flip test of each regulariser against the baseline on the same seeds)
-and ``test_error.png`` (or ``test_ppl.png``), ``sparsity.png``, ``weights.png``.
+t-test and exact sign-flip test of each regulariser against the baseline on the same seeds,
+the validation metric per epoch) and ``test_error.png`` (or ``test_ppl.png``),
+``validation.png`` (validation curves, mean +- sd over seeds), ``sparsity.png``, ``weights.png``.
 W&B is disabled in the runs unless ``--wandb`` (then ``WANDB_MODE`` decides as usual).
 """
 
@@ -551,6 +552,38 @@ def read_metrics_csv(path: str | Path) -> dict[str, float]:
     return out
 
 
+def read_validation_curve(path: str | Path, column: str):
+    """``column`` at each validation during fit, indexed by epoch (the last value per epoch)."""
+    import pandas as pd
+
+    df = pd.read_csv(path)
+    if column not in df.columns or "epoch" not in df.columns:
+        return pd.Series(dtype=float)
+    values = df[["epoch", column]].dropna()
+    return values.groupby(values["epoch"].astype(int))[column].last()
+
+
+def validation_curves(frame) -> tuple[str, dict]:
+    """(description, {regulariser: DataFrame epoch x seed}) of the validation metric that matches the
+    primary test metric: perplexity for language models, error (%) otherwise."""
+    import pandas as pd
+
+    metric, _, _ = primary_metric(frame)
+    column, desc = ("val/ppl", "validation perplexity") if metric == "test/ppl" else ("val/acc", "validation error (%)")
+    curves: dict[str, pd.DataFrame] = {}
+    ok = frame[frame["status"] == "ok"] if "status" in frame else frame
+    for _, row in ok.iterrows():
+        path = row.get("metrics_csv")
+        if not isinstance(path, str) or not Path(path).is_file():
+            continue
+        curve = read_validation_curve(path, column)
+        if column == "val/acc":
+            curve = 100.0 * (1.0 - curve)
+        if len(curve):
+            curves.setdefault(row["regulariser"], {})[int(row["seed"])] = curve
+    return desc, {label: pd.DataFrame(by_seed) for label, by_seed in curves.items()}
+
+
 def primary_metric(frame) -> tuple[str, str, bool]:
     """(column, description, lower_is_better): test perplexity if logged, else test error in %."""
     if "test/ppl" in frame.columns and frame["test/ppl"].notna().any():
@@ -574,6 +607,7 @@ def collect(grid: GridArgs):
         row["seconds"] = result.get("seconds")
         row["checkpoint"] = result.get("checkpoint")
         csv_path = result.get("metrics_csv")
+        row["metrics_csv"] = csv_path
         metrics = read_metrics_csv(csv_path) if csv_path and Path(csv_path).is_file() else {}
         for k, v in result.get("test", {}).items():  # what trainer.test returned (same numbers as the CSV row)
             if k.startswith("test/"):
@@ -747,7 +781,27 @@ def write_report(frame, grid: GridArgs, failures: Iterable[tuple[Run, str]] = ()
             cells = [f"{q['test'].mean_diff:+.4f} (p {q['test'].p:.2g})" for q in pairs_]
             lines.append(f"| `{col}` | " + " | ".join(cells) + " |")
         lines.append("")
-    figures = [f for f in (f"{_metric_slug(metric)}.png", "sparsity.png", "weights.png") if (out / f).is_file()]
+    curve_desc, curves = validation_curves(frame)
+    curve_labels = [label for label in labels if label in curves]
+    if curve_labels:
+        epochs = sorted(set().union(*(curves[label].index for label in curve_labels)))
+        lines += [
+            f"## {curve_desc.capitalize()} per epoch",
+            "",
+            f"Mean over seeds of the {curve_desc} at the end of each epoch (regularisers off); the test "
+            "metric above is that of the best of these epochs.",
+            "",
+            "| epoch | " + " | ".join(f"`{label}`" for label in curve_labels) + " |",
+            "|---|" + "---|" * len(curve_labels),
+        ]
+        for epoch in epochs:
+            cells = []
+            for label in curve_labels:
+                c = curves[label]
+                cells.append(_fmt(float(c.loc[epoch].mean()), 3) if epoch in c.index else "–")
+            lines.append(f"| {epoch} | " + " | ".join(cells) + " |")
+        lines.append("")
+    figures = [f for f in (f"{_metric_slug(metric)}.png", "validation.png", "sparsity.png", "weights.png") if (out / f).is_file()]
     if figures:
         lines += ["## Figures", ""] + [f"![{f}]({f})" for f in figures] + [""]
     bad = frame[frame["status"] != "ok"]
@@ -771,7 +825,7 @@ def _metric_slug(metric: str) -> str:
 
 
 def plot(frame, grid: GridArgs) -> list[Path]:
-    """Test metric per regulariser (seeds as points), sparsity per layer, weight histograms."""
+    """Test metric per regulariser (seeds as points), validation curves, sparsity per layer, weight histograms."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -801,6 +855,28 @@ def plot(frame, grid: GridArgs) -> list[Path]:
         ax.grid(axis="y", alpha=0.3)
         fig.tight_layout()
         written.append(out / f"{_metric_slug(metric)}.png")
+        fig.savefig(written[-1], dpi=120)
+        plt.close(fig)
+
+    curve_desc, curves = validation_curves(frame)
+    if any(label in curves for label in labels):
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        for label in labels:
+            if label not in curves:
+                continue
+            c = curves[label].sort_index()
+            mean, sd = c.mean(axis=1), c.std(axis=1, ddof=1) if c.shape[1] > 1 else c.mean(axis=1) * 0
+            ax.plot(c.index, mean, marker="o", ms=3, color=colors[label], label=f"{label} (n={c.shape[1]})")
+            ax.fill_between(c.index, mean - sd, mean + sd, color=colors[label], alpha=0.15, lw=0)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(curve_desc)
+        if curve_desc.endswith("perplexity"):
+            ax.set_yscale("log")
+        ax.set_title(f"{grid.config.stem}: {curve_desc} per epoch (mean ± sd over seeds)", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        written.append(out / "validation.png")
         fig.savefig(written[-1], dpi=120)
         plt.close(fig)
 

@@ -118,6 +118,14 @@ SYNTHETIC_CSV = """epoch,step,train/loss_step,val/acc,val/loss,sparsity/hidden.0
 """
 
 
+def test_read_validation_curve_takes_the_last_value_per_epoch(tmp_path):
+    path = tmp_path / "metrics.csv"
+    path.write_text("epoch,step,train/loss,val/ppl,test/ppl\n0,9,5.0,,\n0,9,,300.0,\n1,19,,250.0,\n1,19,,240.0,\n1,19,,,260.0\n")
+    curve = C.read_validation_curve(path, "val/ppl")
+    assert curve.to_dict() == {0: 300.0, 1: 240.0}
+    assert C.read_validation_curve(path, "val/acc").empty
+
+
 def test_read_metrics_csv(tmp_path):
     path = tmp_path / "metrics.csv"
     path.write_text(SYNTHETIC_CSV)
@@ -203,7 +211,7 @@ def test_tiny_real_grid_on_digits(tmp_path, monkeypatch):
         "trainer.limit_test_batches=2", "--out", str(out),
     ]
     assert C.main(argv) == 0
-    for name in ("results.csv", "results.md", "test_error.png", "sparsity.png", "weights.png"):
+    for name in ("results.csv", "results.md", "test_error.png", "validation.png", "sparsity.png", "weights.png"):
         assert (out / name).stat().st_size > 0, name
     import pandas as pd
 
@@ -214,6 +222,11 @@ def test_tiny_real_grid_on_digits(tmp_path, monkeypatch):
     assert any(c.startswith("weights/") and c.endswith("/std") for c in frame.columns)
     md = (out / "results.md").read_text()
     assert "python -m qsd_lightning.compare --config" in md and "Paired against `dropout`" in md
+    assert "## Validation error (%) per epoch" in md and "![validation.png](validation.png)" in md
+    epoch_row = next(line for line in md.splitlines() if line.startswith("| 0 | "))
+    desc, curves = C.validation_curves(frame)  # results.csv keeps each run's metrics.csv path
+    assert desc == "validation error (%)" and set(curves) == {"dropout", "qsd:gamma=4,mode=coupled"}
+    assert float(epoch_row.split(" | ")[1]) == pytest.approx(curves["dropout"].loc[0].mean(), abs=1e-3)
     for run in C.plan(C.parse_args(argv)):
         assert (run.dir / "csv" / "version_0" / "metrics.csv").is_file()
 
