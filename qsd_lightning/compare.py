@@ -173,7 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--override", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                    help="CLI options without dashes, e.g. trainer.max_epochs=10 (repeatable)")
     p.add_argument("--out", required=True, help="output folder (runs, results.csv, results.md, PNGs)")
-    p.add_argument("--baseline", default="dropout", help="regulariser the others are tested against (label; default dropout)")
+    p.add_argument("--baseline", nargs="+", default=["dropout"],
+                   help="regulariser(s) the others are tested against (labels or unique names; default dropout); "
+                        "the first is also the baseline of the sparsity and weight tables")
     p.add_argument("--jobs", type=int, default=1, help="runs at a time (default 1)")
     p.add_argument("--threads", type=int, default=None, help="torch/OMP threads per run (default: cores / jobs)")
     p.add_argument("--timeout", type=float, default=None, help="seconds per run before it is killed and reported")
@@ -190,7 +192,7 @@ class GridArgs:
     seeds: list[int]
     overrides: list[str]
     out: Path
-    baseline: str
+    baselines: list[str]
     jobs: int = 1
     threads: int | None = None
     timeout: float | None = None
@@ -198,6 +200,11 @@ class GridArgs:
     dry_run: bool = False
     report_only: bool = False
     argv: list[str] = field(default_factory=list)
+
+    @property
+    def baseline(self) -> str:
+        """The main baseline: the first ``--baseline``."""
+        return self.baselines[0]
 
 
 def parse_args(argv: Sequence[str] | None = None) -> GridArgs:
@@ -229,13 +236,17 @@ def parse_args(argv: Sequence[str] | None = None) -> GridArgs:
         parser.error("--seeds: a seed is given twice")
     if ns.jobs < 1:
         parser.error("--jobs must be >= 1")
-    baseline = ns.baseline
-    if baseline not in labels:
-        names = [s for s in specs if s.name == baseline]
-        baseline = names[0].label if len(names) == 1 else baseline
+    baselines = []
+    for baseline in ns.baseline:
+        if baseline not in labels:  # a bare name picks the one setting of that regulariser
+            names = [s for s in specs if s.name == baseline]
+            baseline = names[0].label if len(names) == 1 else baseline
+        if baseline in baselines:
+            parser.error(f"--baseline given twice: {baseline}")
+        baselines.append(baseline)
     return GridArgs(
         config=config, regularisers=specs, seeds=list(ns.seeds), overrides=overrides, out=Path(ns.out),
-        baseline=baseline, jobs=ns.jobs, threads=ns.threads, timeout=ns.timeout, wandb=ns.wandb,
+        baselines=baselines, jobs=ns.jobs, threads=ns.threads, timeout=ns.timeout, wandb=ns.wandb,
         dry_run=ns.dry_run, report_only=ns.report_only, argv=[a for a in argv if a != "--report-only"],
     )
 
@@ -652,15 +663,16 @@ def _layers(frame, prefix: str) -> tuple[list[str], list[str]]:
     return layers, measures
 
 
-def paired_table(frame, grid: GridArgs, metric: str) -> list[dict]:
-    """Each regulariser against the baseline on the seeds both finished."""
+def paired_table(frame, grid: GridArgs, metric: str, baseline: str | None = None) -> list[dict]:
+    """Each regulariser against ``baseline`` (default: the grid's first) on the seeds both finished."""
+    baseline = grid.baseline if baseline is None else baseline
     ok = frame[frame["status"] == "ok"]
     if metric not in ok.columns:
         return []
-    base = ok[ok["regulariser"] == grid.baseline].set_index("seed")[metric].dropna()
+    base = ok[ok["regulariser"] == baseline].set_index("seed")[metric].dropna()
     out = []
     for spec in grid.regularisers:
-        if spec.label == grid.baseline:
+        if spec.label == baseline:
             continue
         other = ok[ok["regulariser"] == spec.label].set_index("seed")[metric].dropna()
         seeds = [s for s in grid.seeds if s in base.index and s in other.index]
@@ -708,15 +720,16 @@ def write_report(frame, grid: GridArgs, failures: Iterable[tuple[Run, str]] = ()
             cells.append(_mean_sd(g["best_val/acc"], 4))
         cells.append(_fmt(float(g["seconds"].mean()), 0) if "seconds" in g and len(g) else "–")
         lines.append("| " + " | ".join(cells) + " |")
-    pairs = paired_table(frame, grid, metric)
-    lines += ["", f"## Paired against `{grid.baseline}` (same seeds)", ""]
-    if not pairs or all(p["test"].n == 0 for p in pairs):
-        lines.append(f"No paired comparison: `{grid.baseline}` has no finished runs in this grid.")
-    else:
+    for baseline in grid.baselines:
+        pairs = paired_table(frame, grid, metric, baseline)
+        lines += ["", f"## Paired against `{baseline}` (same seeds)", ""]
+        if not pairs or all(p["test"].n == 0 for p in pairs):
+            lines.append(f"No paired comparison: `{baseline}` has no finished runs in this grid.")
+            continue
         lines += [
-            f"Difference = regulariser − `{grid.baseline}` in {metric_desc} (negative: lower than the baseline). "
+            f"Difference = regulariser − `{baseline}` in {metric_desc} (negative: lower than the baseline). "
             "t: paired t-test, two-sided; sign-flip: exact two-sided permutation test of the mean difference "
-            f"(with n pairs its smallest possible p is 2 / 2^n{', here ' + _fmt(2 / 2 ** max(p['test'].n for p in pairs)) if pairs else ''}).",
+            f"(with n pairs its smallest possible p is 2 / 2^n, here {_fmt(2 / 2 ** max(p['test'].n for p in pairs))}).",
             "",
             "| regulariser | n pairs | mean diff | sd diff | t | df | p (t) | p (sign-flip) |",
             "|---|---|---|---|---|---|---|---|",

@@ -193,6 +193,22 @@ def test_finished_runs_are_skipped_and_failures_reported(tmp_path, monkeypatch, 
     assert "| `dropout` | 1/1 |" in (tmp_path / "results.md").read_text()
 
 
+def test_several_baselines_each_get_a_paired_table(tmp_path, monkeypatch):
+    argv = ["--config", DIGITS, "-r", "dropout", "dropout:rate=0.6", "qsd:gamma=4", "--seeds", "0", "1", "2",
+            "--baseline", "dropout", "dropout:rate=0.6", "--out", str(tmp_path)]
+    grid = C.parse_args(argv)
+    assert grid.baselines == ["dropout", "dropout:rate=0.6"] and grid.baseline == "dropout"
+    monkeypatch.setattr(C.subprocess, "run", _fake_subprocess([]))
+    assert C.main(argv) == 0
+    md = (tmp_path / "results.md").read_text()
+    first, second = md.split("## Paired against `dropout:rate=0.6` (same seeds)")
+    assert "## Paired against `dropout` (same seeds)" in first and "| `dropout:rate=0.6` | 3 |" in first
+    assert "| `dropout` | 3 |" in second and "| `qsd:gamma=4` | 3 | -0.500 |" in second
+    assert "## Sparsity and weight spread paired against `dropout`" in second  # the first baseline's
+    with pytest.raises(SystemExit):
+        C.parse_args([*argv[:-2], "--baseline", "dropout", "dropout", "--out", str(tmp_path)])
+
+
 # --------------------------------------------------------------------------- a tiny real grid
 
 
