@@ -651,6 +651,12 @@ def _mean_sd(values, digits: int = 3) -> str:
     return f"{mean:.{digits}f} ± {sd:.{digits}f}" if len(v) > 1 else f"{mean:.{digits}f}"
 
 
+def _table_head(first: str, columns: Iterable[str]) -> list[str]:
+    """A markdown table's header and rule: ``first`` then one code-formatted column each."""
+    columns = list(columns)
+    return ["| " + first + " | " + " | ".join(f"`{c}`" for c in columns) + " |", "|---|" + "---|" * len(columns)]
+
+
 def _layers(frame, prefix: str) -> tuple[list[str], list[str]]:
     layers, measures = [], []
     for c in frame.columns:
@@ -749,7 +755,7 @@ def write_report(frame, grid: GridArgs, failures: Iterable[tuple[Run, str]] = ()
             "",
         ]
         for measure in [m for m in ("population", "hoyer", "dead_units") if m in measures]:
-            lines += [f"**{measure}**", "", "| regulariser | " + " | ".join(f"`{x}`" for x in layers) + " |", "|---|" + "---|" * len(layers)]
+            lines += [f"**{measure}**", "", *_table_head("regulariser", layers)]
             for label in labels:
                 g = ok[ok["regulariser"] == label]
                 lines.append(f"| `{label}` | " + " | ".join(_mean_sd(g.get(f"sparsity/{x}/{measure}", [])) for x in layers) + " |")
@@ -763,8 +769,7 @@ def write_report(frame, grid: GridArgs, failures: Iterable[tuple[Run, str]] = ()
             "",
             "Each cell: mean over seeds of the parameter's mean / of its standard deviation.",
             "",
-            "| parameter | " + " | ".join(f"`{label}`" for label in labels) + " |",
-            "|---|" + "---|" * len(labels),
+            *_table_head("parameter", labels),
         ]
         for x in params:
             cells = []
@@ -787,8 +792,7 @@ def write_report(frame, grid: GridArgs, failures: Iterable[tuple[Run, str]] = ()
             f"Each cell: mean difference regulariser − `{grid.baseline}` over the same seeds (paired t-test p). "
             "Positive sparsity: sparser code; positive weight std: wider weights.",
             "",
-            "| measure | " + " | ".join(f"`{o}`" for o in others) + " |",
-            "|---|" + "---|" * len(others),
+            *_table_head("measure", others),
         ]
         for col, pairs_ in rows:
             cells = [f"{q['test'].mean_diff:+.4f} (p {q['test'].p:.2g})" for q in pairs_]
@@ -804,8 +808,7 @@ def write_report(frame, grid: GridArgs, failures: Iterable[tuple[Run, str]] = ()
             f"Mean over seeds of the {curve_desc} at the end of each epoch (regularisers off); the test "
             "metric above is that of the best of these epochs.",
             "",
-            "| epoch | " + " | ".join(f"`{label}`" for label in curve_labels) + " |",
-            "|---|" + "---|" * len(curve_labels),
+            *_table_head("epoch", curve_labels),
         ]
         for epoch in epochs:
             cells = []
