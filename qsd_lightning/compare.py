@@ -805,8 +805,8 @@ def write_report(frame, grid: GridArgs, failures: Iterable[tuple[Run, str]] = ()
         lines += [
             f"## {curve_desc.capitalize()} per epoch",
             "",
-            f"Mean over seeds of the {curve_desc} at the end of each epoch (regularisers off); the test "
-            "metric above is that of the best of these epochs.",
+            f"Mean over seeds of the {curve_desc} at the end of each epoch (regularisers off). Each run's "
+            "test metric above is from the epoch its config's ModelCheckpoint kept.",
             "",
             *_table_head("epoch", curve_labels),
         ]
