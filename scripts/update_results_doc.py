@@ -13,10 +13,13 @@ that report's body (title and "Made by" dropped; headings moved down two levels)
 grid's PNGs to ``docs/figures/results_<name>_<plot>.png``, linking them. So the command printed
 above a table is always the one that made it; after re-running the commands,
 ``python scripts/update_results_doc.py`` puts the new numbers in the doc, and ``--check`` says
-whether a re-run reproduced the published ones, command included (exit 1 if not).
+whether a re-run reproduced the published ones, command included (exit 1 if not). The check
+leaves out the wall-clock ``s / run`` column, which depends on the machine and its load.
 
     python scripts/update_results_doc.py                 # rewrite docs/results.md in place
     python scripts/update_results_doc.py --check         # compare only; exit 1 on a difference
+    python scripts/update_results_doc.py --check --root ../clone --only results/digits
+                                                          # one grid re-run elsewhere, e.g. a fresh clone
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import re
 import shutil
 import sys
 from pathlib import Path
+from typing import Sequence
 
 BLOCK = re.compile(r"(<!-- BEGIN (?P<name>[^\s>]+) -->\n)(?P<body>.*?)(<!-- END (?P=name) -->)", re.S)
 COMMAND = re.compile(r"```bash\n(?P<command>[^\n]*)\n```\n\n$")
@@ -71,13 +75,15 @@ def made_by(results_md: str, name: str) -> str:
     return match["command"]
 
 
-def render(doc: str, root: Path, figures: Path, write_figures: bool) -> str:
-    """``doc`` with every block, and the command printed above it, refreshed from
-    ``root/<name>/results.md``."""
+def render(doc: str, root: Path, figures: Path, write_figures: bool, only: Sequence[str] | None = None) -> str:
+    """``doc`` with every block (or those named in ``only``), and the command printed above it,
+    refreshed from ``root/<name>/results.md``."""
     figures_rel = "figures"
     pieces: list[str] = []
     done = 0
     for match in BLOCK.finditer(doc):
+        if only is not None and match["name"] not in only:
+            continue
         before = doc[done:match.start()]
         command = COMMAND.search(before)
         if command is None:
@@ -106,24 +112,45 @@ def render_block(match: re.Match, root: Path, figures: Path, figures_rel: str, w
     return match.group(1) + body + match.group(4)
 
 
+def without_timings(doc: str) -> str:
+    """``doc`` with the cells of every table's last column headed ``s / run`` blanked."""
+    out, timed = [], False
+    for line in doc.splitlines(True):
+        if not line.startswith("|"):
+            timed = False
+        elif line.rstrip().endswith("| s / run |"):
+            timed = True
+        elif timed and not line.startswith("|---"):
+            line = line[: line.rstrip().rstrip("|").rstrip().rfind("|")] + "| · |\n"
+        out.append(line)
+    return "".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--doc", type=Path, default=Path("docs/results.md"))
     p.add_argument("--root", type=Path, default=Path("."), help="folder the block names are relative to")
     p.add_argument("--check", action="store_true", help="only compare; exit 1 if the doc would change")
+    p.add_argument("--only", nargs="+", metavar="NAME", help="only these blocks (e.g. results/digits); the rest are left as they are")
     args = p.parse_args(argv)
     doc = args.doc.read_text()
+    names = [m["name"] for m in BLOCK.finditer(doc)]
+    unknown = sorted(set(args.only or ()) - set(names))
+    if unknown:
+        print(f"error: no block named {', '.join(unknown)} in {args.doc}; blocks: {', '.join(names)}", file=sys.stderr)
+        return 2
     try:
-        new = render(doc, args.root, args.doc.parent / "figures", write_figures=not args.check)
+        new = render(doc, args.root, args.doc.parent / "figures", write_figures=not args.check, only=args.only)
     except DocError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    blocks = len(BLOCK.findall(doc))
+    blocks = len(args.only) if args.only else len(names)
     if args.check:
-        if new == doc:
-            print(f"{args.doc}: {blocks} blocks match their results")
+        published, regenerated = without_timings(doc), without_timings(new)
+        if published == regenerated:
+            print(f"{args.doc}: {blocks} blocks match their results (s / run not compared)")
             return 0
-        sys.stdout.writelines(difflib.unified_diff(doc.splitlines(True), new.splitlines(True), str(args.doc), "regenerated"))
+        sys.stdout.writelines(difflib.unified_diff(published.splitlines(True), regenerated.splitlines(True), str(args.doc), "regenerated"))
         return 1
     args.doc.write_text(new)
     print(f"{args.doc}: {blocks} blocks refreshed")

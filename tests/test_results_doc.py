@@ -105,3 +105,26 @@ def test_report_without_made_by_is_an_error(layout, capsys):
     (grid / "results.md").write_text(RESULTS.format(value="1").replace("Made by:", "Made somehow:"))
     assert run(root, doc) == 2
     assert "no 'Made by' command" in capsys.readouterr().err
+
+
+def test_check_ignores_only_the_timing_column(layout):
+    root, grid, doc = layout
+    timed = RESULTS.replace("| regulariser | n | test error (%) |\n|---|---|---|\n| `dropout` | 5/5 | {value} |",
+                            "| regulariser | n | test error (%) | s / run |\n|---|---|---|---|\n| `dropout` | 5/5 | {value} | {seconds} |")
+    (grid / "results.md").write_text(timed.format(value="1.504 ± 0.153", seconds="12"))
+    assert run(root, doc) == 0
+    (grid / "results.md").write_text(timed.format(value="1.504 ± 0.153", seconds="27"))
+    assert run(root, doc, "--check") == 0  # another machine's timings
+    (grid / "results.md").write_text(timed.format(value="1.505 ± 0.153", seconds="12"))
+    assert run(root, doc, "--check") == 1  # another number
+
+
+def test_only_named_blocks_are_checked(layout, tmp_path, capsys):
+    root, grid, doc = layout
+    assert run(root, doc) == 0
+    doc.write_text(doc.read_text() + "\n```bash\npython -m qsd_lightning.compare --out results/other\n```\n\n"
+                   "<!-- BEGIN results/other -->\nnot re-run here\n<!-- END results/other -->\n")
+    assert run(root, doc, "--check") == 2  # results/other has no results under this root
+    assert run(root, doc, "--check", "--only", "results/grid") == 0
+    assert run(root, doc, "--check", "--only", "results/nothing") == 2
+    assert "no block named results/nothing" in capsys.readouterr().err
