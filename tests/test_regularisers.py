@@ -11,6 +11,8 @@ from torch import nn
 from qsd_lightning import regularisers as R
 from qsd_lightning.regularisers import QSD, Dropout, build
 from qsd_lightning.regularisers.functional import draw_quanta, release, unit_and_mask_shapes
+from qsd_lightning.regularisers.variance import main as variance_main
+from qsd_lightning.regularisers.variance import matched_dropout_rate, multiplier_variance
 
 NAMES = R.available()
 MODES = R.MODES
@@ -171,20 +173,32 @@ def test_p_and_c_shared_across_batch():
 
 
 # --------------------------------------------------------------------------- statistics
-def expected_variance(mode: str | None, rate: float, gamma: float | None) -> float:
-    """Variance of the multiplier m*c per element (docs/method.md, "Properties")."""
-    r, k = rate, 1 - rate
-    if mode in (None, "release") or gamma is None:
-        return r / k
-    if mode in ("size", "independent"):
-        return (1 / k) * (1 + 1 / gamma) - 1
-    g = gamma
-    return (g + 1) * (g + r) ** 2 / (k * g**2 * (g + 2 * r)) - 1
+expected_variance = multiplier_variance  # the library's formula, checked against samples below
 
 
 def test_coupled_variance_formula_reference_values():
     # the values quoted in the method document for r = 0.5
     assert [round(expected_variance("coupled", 0.5, g), 2) for g in (1, 4, 16)] == [3.5, 1.53, 1.13]
+
+
+@pytest.mark.parametrize("mode", [*MODES, None])
+@pytest.mark.parametrize("rate,gamma", [(0.3, 4.0), (0.5, 16.0), (0.2, 1.0)])
+def test_matched_dropout_rate_has_the_same_variance(mode, rate, gamma):
+    matched = matched_dropout_rate(mode, rate, gamma)
+    assert multiplier_variance(None, matched, None) == pytest.approx(multiplier_variance(mode, rate, gamma))
+    assert (matched == pytest.approx(rate)) == (mode in (None, "release"))  # only release adds no variance
+
+
+@pytest.mark.parametrize("args,message", [(("coupled", 1.0, 4.0), "rate"), (("sometimes", 0.5, 4.0), "mode"), (("coupled", 0.5, 0.0), "gamma")])
+def test_multiplier_variance_rejects_bad_settings(args, message):
+    with pytest.raises(ValueError, match=message):
+        multiplier_variance(*args)
+
+
+def test_variance_command_prints_the_matched_rates(capsys):
+    assert variance_main(["--rate", "0.5", "--gamma", "4", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "| coupled | 0.5 | 4 | 1.531 | 1.000 | 0.605 |" in out and "| coupled | 0.5 | 16 | 1.127 | 1.000 | 0.530 |" in out
 
 
 def multiplier_samples(rate, gamma, mode, n=200_000, seed=0):

@@ -13,6 +13,7 @@ from .functional import MODES, qsd
 from .quantal import QSD, Dropout, NoRegulariser
 from .registry import available, build, get, name_of, register
 from .replace import replace_dropout
+from .variance import matched_dropout_rate, multiplier_variance
 from .variants import EmbeddingDropout, GaussianDropout, LockedDropout, SpatialDropout, WeightDrop, apply_weight_drop, embedded, remove_weight_drop
 
 __all__ = [
@@ -25,7 +26,9 @@ __all__ = [
     "available",
     "build",
     "get",
+    "matched_dropout_rate",
     "materialise",
+    "multiplier_variance",
     "name_of",
     "qsd",
     "register",
