@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--override", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                    help="CLI options without dashes, e.g. trainer.max_epochs=10 (repeatable)")
     p.add_argument("--out", required=True, help="output folder (runs, results.csv, results.md, PNGs)")
-    p.add_argument("--baseline", nargs="+", default=["dropout"],
+    p.add_argument("--baseline", nargs="+", default=None,
                    help="regulariser(s) the others are tested against (labels or unique names; default dropout); "
                         "the first is also the baseline of the sparsity and weight tables")
     p.add_argument("--jobs", type=int, default=1, help="runs at a time (default 1)")
@@ -237,10 +237,12 @@ def parse_args(argv: Sequence[str] | None = None) -> GridArgs:
     if ns.jobs < 1:
         parser.error("--jobs must be >= 1")
     baselines = []
-    for baseline in ns.baseline:
+    for baseline in ns.baseline or ["dropout"]:
         if baseline not in labels:  # a bare name picks the one setting of that regulariser
             names = [s for s in specs if s.name == baseline]
             baseline = names[0].label if len(names) == 1 else baseline
+        if ns.baseline and baseline not in labels:  # the default may be absent: then no paired table
+            parser.error(f"--baseline {baseline}: not one of this grid's regularisers ({', '.join(labels)})")
         if baseline in baselines:
             parser.error(f"--baseline given twice: {baseline}")
         baselines.append(baseline)
@@ -618,6 +620,9 @@ def collect(grid: GridArgs):
         row["seconds"] = result.get("seconds")
         row["checkpoint"] = result.get("checkpoint")
         csv_path = result.get("metrics_csv")
+        if not (csv_path and Path(csv_path).is_file()):  # results/ moved or copied: the run's own log
+            local = run.dir / "csv" / "version_0" / "metrics.csv"
+            csv_path = str(local) if local.is_file() else csv_path
         row["metrics_csv"] = csv_path
         metrics = read_metrics_csv(csv_path) if csv_path and Path(csv_path).is_file() else {}
         for k, v in result.get("test", {}).items():  # what trainer.test returned (same numbers as the CSV row)
@@ -802,11 +807,14 @@ def write_report(frame, grid: GridArgs, failures: Iterable[tuple[Run, str]] = ()
     curve_labels = [label for label in labels if label in curves]
     if curve_labels:
         epochs = sorted(set().union(*(curves[label].index for label in curve_labels)))
+        if lines[-1]:
+            lines.append("")
         lines += [
             f"## {curve_desc.capitalize()} per epoch",
             "",
             f"Mean over seeds of the {curve_desc} at the end of each epoch (regularisers off). Each run's "
-            "test metric above is from the epoch its config's ModelCheckpoint kept.",
+            "test metric above is from the epoch its config's ModelCheckpoint kept. `(n=k)`: only k seeds "
+            "reached that epoch (early stopping).",
             "",
             *_table_head("epoch", curve_labels),
         ]
@@ -814,7 +822,11 @@ def write_report(frame, grid: GridArgs, failures: Iterable[tuple[Run, str]] = ()
             cells = []
             for label in curve_labels:
                 c = curves[label]
-                cells.append(_fmt(float(c.loc[epoch].mean()), 3) if epoch in c.index else "–")
+                if epoch not in c.index:
+                    cells.append("–")
+                    continue
+                values = c.loc[epoch].dropna()
+                cells.append(_fmt(float(values.mean()), 3) + ("" if len(values) == c.shape[1] else f" (n={len(values)})"))
             lines.append(f"| {epoch} | " + " | ".join(cells) + " |")
         lines.append("")
     figures = [f for f in (f"{_metric_slug(metric)}.png", "validation.png", "sparsity.png", "weights.png") if (out / f).is_file()]
@@ -881,7 +893,7 @@ def plot(frame, grid: GridArgs) -> list[Path]:
             if label not in curves:
                 continue
             c = curves[label].sort_index()
-            mean, sd = c.mean(axis=1), c.std(axis=1, ddof=1) if c.shape[1] > 1 else c.mean(axis=1) * 0
+            mean, sd = c.mean(axis=1), c.std(axis=1, ddof=1).fillna(0.0)  # 0 where one seed reached the epoch
             ax.plot(c.index, mean, marker="o", ms=3, color=colors[label], label=f"{label} (n={c.shape[1]})")
             ax.fill_between(c.index, mean - sd, mean + sd, color=colors[label], alpha=0.15, lw=0)
         ax.set_xlabel("epoch")

@@ -8,7 +8,8 @@ qsd_lightning.compare ... --out results/<name>`` command, directly followed by
     <!-- END results/<name> -->
 
 This script replaces the command with the one recorded under "Made by" in
-``results/<name>/results.md`` (the command whose runs the report holds), replaces the block with
+``results/<name>/results.md`` (the command that writes that report: run again, it skips the
+finished runs, runs any missing ones and writes the same tables), replaces the block with
 that report's body (title and "Made by" dropped; headings moved down two levels), and copies the
 grid's PNGs to ``docs/figures/results_<name>_<plot>.png``, linking them. So the command printed
 above a table is always the one that made it; after re-running the commands,
@@ -87,19 +88,20 @@ def render(doc: str, root: Path, figures: Path, write_figures: bool, only: Seque
         before = doc[done:match.start()]
         command = COMMAND.search(before)
         if command is None:
-            raise DocError(f"block {match['name']}: put its command in a ```bash block right above it")
+            raise DocError(f"block {match['name']}: put its command, on one line, in a ```bash block right above it")
         source = root / match["name"] / "results.md"
         if not source.is_file():
             raise DocError(f"{source} not found: run the command printed above the block first")
-        pieces.append(before[:command.start("command")] + made_by(source.read_text(), match["name"]) + before[command.end("command"):])
-        pieces.append(render_block(match, root, figures, figures_rel, write_figures))
+        report = source.read_text()
+        pieces.append(before[:command.start("command")] + made_by(report, match["name"]) + before[command.end("command"):])
+        pieces.append(render_block(match, report, root, figures, figures_rel, write_figures))
         done = match.end()
     pieces.append(doc[done:])
     return "".join(pieces)
 
 
-def render_block(match: re.Match, root: Path, figures: Path, figures_rel: str, write_figures: bool) -> str:
-    """One ``BEGIN``/``END`` block refreshed from its grid's report."""
+def render_block(match: re.Match, report: str, root: Path, figures: Path, figures_rel: str, write_figures: bool) -> str:
+    """One ``BEGIN``/``END`` block refreshed from its grid's report (the text of its results.md)."""
     name = match["name"]
     grid = root / name
 
@@ -108,7 +110,7 @@ def render_block(match: re.Match, root: Path, figures: Path, figures_rel: str, w
             figures.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(grid / file, figures / target)
 
-    body = grid_body((grid / "results.md").read_text(), name, figures_rel, copy_figure)
+    body = grid_body(report, name, figures_rel, copy_figure)
     return match.group(1) + body + match.group(4)
 
 
@@ -144,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     except DocError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    blocks = len(args.only) if args.only else len(names)
+    blocks = len(set(args.only)) if args.only else len(names)
     if args.check:
         published, regenerated = without_timings(doc), without_timings(new)
         if published == regenerated:

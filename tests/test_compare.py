@@ -205,8 +205,32 @@ def test_several_baselines_each_get_a_paired_table(tmp_path, monkeypatch):
     assert "## Paired against `dropout` (same seeds)" in first and "| `dropout:rate=0.6` | 3 |" in first
     assert "| `dropout` | 3 |" in second and "| `qsd:gamma=4` | 3 | -0.500 |" in second
     assert "## Sparsity and weight spread paired against `dropout`" in second  # the first baseline's
+
+@pytest.mark.parametrize("baselines, message", [(["dropout", "dropout"], "--baseline given twice"), (["none"], "not one of this grid's")])
+def test_bad_baselines_stop_with_one_line(baselines, message, tmp_path, capsys):
     with pytest.raises(SystemExit):
-        C.parse_args([*argv[:-2], "--baseline", "dropout", "dropout", "--out", str(tmp_path)])
+        C.parse_args(["--config", DIGITS, "-r", "dropout", "qsd", "--baseline", *baselines, "--out", str(tmp_path)])
+    assert message in capsys.readouterr().err
+
+
+def test_default_baseline_may_be_absent(tmp_path):
+    assert C.parse_args(["--config", DIGITS, "-r", "none", "--out", str(tmp_path)]).baseline == "dropout"
+
+
+def test_validation_table_marks_epochs_not_every_seed_reached(tmp_path, monkeypatch):
+    argv = ["--config", DIGITS, "-r", "dropout", "--seeds", "0", "1", "--out", str(tmp_path)]
+    monkeypatch.setattr(C.subprocess, "run", _fake_subprocess([]))
+    assert C.main(argv) == 0
+    stopped = tmp_path / "runs" / "dropout" / "seed1" / "csv" / "version_0" / "metrics.csv"
+    text = stopped.read_text().splitlines()
+    stopped.write_text("\n".join(line for line in text if not line.startswith("2,")) + "\n")  # seed 1 stopped after epoch 1
+    frame = C.collect(C.parse_args(argv))
+    desc, curves = C.validation_curves(frame)
+    assert curves["dropout"].shape == (3, 2)
+    C.write_report(frame, C.parse_args(argv))
+    md = (tmp_path / "results.md").read_text()
+    assert "| 2 | " in md and "(n=1) |" in md.split("| 2 | ")[1].splitlines()[0]
+    assert "| 0 | " in md and "(n=" not in md.split("| 0 | ")[1].splitlines()[0]
 
 
 # --------------------------------------------------------------------------- a tiny real grid

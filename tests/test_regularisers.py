@@ -195,6 +195,12 @@ def test_multiplier_variance_rejects_bad_settings(args, message):
         multiplier_variance(*args)
 
 
+def test_variance_command_rejects_a_bad_rate_in_one_line(capsys):
+    with pytest.raises(SystemExit) as err:
+        variance_main(["--rate", "1", "--gamma", "4"])
+    assert err.value.code == 2 and "rate must be in [0, 1)" in capsys.readouterr().err
+
+
 def test_variance_command_prints_the_matched_rates(capsys):
     assert variance_main(["--rate", "0.5", "--gamma", "4", "16"]) == 0
     out = capsys.readouterr().out

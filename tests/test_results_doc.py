@@ -97,7 +97,7 @@ def test_block_without_a_command_above_is_an_error(layout, capsys):
     root, grid, doc = layout
     doc.write_text(DOC.replace("```bash\npython -m qsd_lightning.compare --out results/grid\n```\n", ""))
     assert run(root, doc) == 2
-    assert "```bash block right above it" in capsys.readouterr().err
+    assert "in a ```bash block right above it" in capsys.readouterr().err
 
 
 def test_report_without_made_by_is_an_error(layout, capsys):
@@ -126,5 +126,12 @@ def test_only_named_blocks_are_checked(layout, tmp_path, capsys):
                    "<!-- BEGIN results/other -->\nnot re-run here\n<!-- END results/other -->\n")
     assert run(root, doc, "--check") == 2  # results/other has no results under this root
     assert run(root, doc, "--check", "--only", "results/grid") == 0
+    before = doc.read_text()
+    (grid / "results.md").write_text(RESULTS.format(value="1.600 ± 0.100"))
+    assert run(root, doc, "--only", "results/grid") == 0
+    after = doc.read_text()
+    assert "1.600 ± 0.100" in after and "1.504" not in after
+    tail = "```bash\npython -m qsd_lightning.compare --out results/other\n```\n\n<!-- BEGIN results/other -->\nnot re-run here\n"
+    assert before.endswith(tail + "<!-- END results/other -->\n") and after.endswith(tail + "<!-- END results/other -->\n")
     assert run(root, doc, "--check", "--only", "results/nothing") == 2
     assert "no block named results/nothing" in capsys.readouterr().err

@@ -51,6 +51,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--gamma", type=float, nargs="+", required=True)
     p.add_argument("--mode", nargs="+", default=["coupled"], choices=MODES)
     args = p.parse_args(argv)
+    try:
+        for rate in args.rate:
+            for gamma in args.gamma:
+                multiplier_variance("coupled", rate, gamma)
+    except ValueError as err:
+        p.error(str(err))
     print("| mode | rate | gamma | QSD variance | dropout variance | matched dropout rate |")
     print("|---|---|---|---|---|---|")
     for mode in args.mode:
