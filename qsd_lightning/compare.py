@@ -206,6 +206,11 @@ class GridArgs:
         """The main baseline: the first ``--baseline``."""
         return self.baselines[0]
 
+    @property
+    def command(self) -> str:
+        """The command line that writes this grid's report (``--report-only`` left out)."""
+        return "python -m qsd_lightning.compare " + shlex.join(self.argv)
+
 
 def parse_args(argv: Sequence[str] | None = None) -> GridArgs:
     """Parse and validate the grid's arguments; argparse errors (exit 2) name the bad one."""
@@ -692,7 +697,7 @@ def paired_table(frame, grid: GridArgs, metric: str, baseline: str | None = None
     return out
 
 
-def write_report(frame, grid: GridArgs, failures: Iterable[tuple[Run, str]] = ()) -> Path:
+def write_report(frame, grid: GridArgs, failures: Iterable[tuple[Run, str]] = (), curves: tuple[str, dict] | None = None) -> Path:
     """``results.csv`` and ``results.md`` in ``grid.out``; returns the markdown path."""
     out = grid.out
     out.mkdir(parents=True, exist_ok=True)
@@ -700,7 +705,7 @@ def write_report(frame, grid: GridArgs, failures: Iterable[tuple[Run, str]] = ()
     metric, metric_desc, _ = primary_metric(frame)
     ok = frame[frame["status"] == "ok"]
     labels = [s.label for s in grid.regularisers]
-    command = "python -m qsd_lightning.compare " + shlex.join(grid.argv)
+    command = grid.command
     lines = [
         f"# {grid.config.stem}: regulariser comparison",
         "",
@@ -803,7 +808,7 @@ def write_report(frame, grid: GridArgs, failures: Iterable[tuple[Run, str]] = ()
             cells = [f"{q['test'].mean_diff:+.4f} (p {q['test'].p:.2g})" for q in pairs_]
             lines.append(f"| `{col}` | " + " | ".join(cells) + " |")
         lines.append("")
-    curve_desc, curves = validation_curves(frame)
+    curve_desc, curves = validation_curves(frame) if curves is None else curves
     curve_labels = [label for label in labels if label in curves]
     if curve_labels:
         epochs = sorted(set().union(*(curves[label].index for label in curve_labels)))
@@ -852,7 +857,7 @@ def _metric_slug(metric: str) -> str:
 # --------------------------------------------------------------------------- plots
 
 
-def plot(frame, grid: GridArgs) -> list[Path]:
+def plot(frame, grid: GridArgs, curves: tuple[str, dict] | None = None) -> list[Path]:
     """Test metric per regulariser (seeds as points), validation curves, sparsity per layer, weight histograms."""
     import matplotlib
 
@@ -886,7 +891,7 @@ def plot(frame, grid: GridArgs) -> list[Path]:
         fig.savefig(written[-1], dpi=120)
         plt.close(fig)
 
-    curve_desc, curves = validation_curves(frame)
+    curve_desc, curves = validation_curves(frame) if curves is None else curves
     if any(label in curves for label in labels):
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
         for label in labels:
@@ -992,11 +997,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     grid.out.mkdir(parents=True, exist_ok=True)
     if not grid.report_only:  # grid.json records the last grid that ran runs, not a report's view of it
-        (grid.out / "grid.json").write_text(json.dumps({"argv": grid.argv, "command": "python -m qsd_lightning.compare " + shlex.join(grid.argv)}, indent=1))
+        (grid.out / "grid.json").write_text(json.dumps({"argv": grid.argv, "command": grid.command}, indent=1))
     failures = [] if grid.report_only else run_grid(grid)
     frame = collect(grid)
-    plot(frame, grid)
-    report = write_report(frame, grid, failures)
+    curves = validation_curves(frame)  # every run's metrics.csv read once, for the plot and the table
+    plot(frame, grid, curves)
+    report = write_report(frame, grid, failures, curves)
     n_ok = int((frame["status"] == "ok").sum())
     print(f"{n_ok}/{len(frame)} runs finished; {grid.out / 'results.csv'}, {report}")
     if failures:

@@ -94,16 +94,16 @@ def render(doc: str, root: Path, figures: Path, write_figures: bool, only: Seque
             raise DocError(f"{source} not found: run the command printed above the block first")
         report = source.read_text()
         pieces.append(before[:command.start("command")] + made_by(report, match["name"]) + before[command.end("command"):])
-        pieces.append(render_block(match, report, root, figures, figures_rel, write_figures))
+        pieces.append(render_block(match, report, source.parent, figures, figures_rel, write_figures))
         done = match.end()
     pieces.append(doc[done:])
     return "".join(pieces)
 
 
-def render_block(match: re.Match, report: str, root: Path, figures: Path, figures_rel: str, write_figures: bool) -> str:
-    """One ``BEGIN``/``END`` block refreshed from its grid's report (the text of its results.md)."""
+def render_block(match: re.Match, report: str, grid: Path, figures: Path, figures_rel: str, write_figures: bool) -> str:
+    """One ``BEGIN``/``END`` block refreshed from its grid's report (``report``, the text of
+    ``grid/results.md``)."""
     name = match["name"]
-    grid = root / name
 
     def copy_figure(file: str, target: str) -> None:
         if write_figures and (grid / file).is_file():

@@ -13,7 +13,6 @@ from .functional import MODES, qsd
 from .quantal import QSD, Dropout, NoRegulariser
 from .registry import available, build, get, name_of, register
 from .replace import replace_dropout
-from .variance import matched_dropout_rate, multiplier_variance
 from .variants import EmbeddingDropout, GaussianDropout, LockedDropout, SpatialDropout, WeightDrop, apply_weight_drop, embedded, remove_weight_drop
 
 __all__ = [
@@ -43,3 +42,13 @@ __all__ = [
     "remove_weight_drop",
     "site_factory",
 ]
+
+
+def __getattr__(name: str):
+    # variance is also a command (python -m qsd_lightning.regularisers.variance): importing it
+    # eagerly here would make runpy warn that the module ran after being imported.
+    if name in ("matched_dropout_rate", "multiplier_variance"):
+        from . import variance
+
+        return getattr(variance, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

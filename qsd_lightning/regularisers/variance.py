@@ -51,20 +51,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--gamma", type=float, nargs="+", required=True)
     p.add_argument("--mode", nargs="+", default=["coupled"], choices=MODES)
     args = p.parse_args(argv)
+    rows = []
     try:
-        for rate in args.rate:
-            for gamma in args.gamma:
-                multiplier_variance("coupled", rate, gamma)
+        for mode in args.mode:
+            for rate in args.rate:
+                for gamma in args.gamma:
+                    v, matched = multiplier_variance(mode, rate, gamma), matched_dropout_rate(mode, rate, gamma)
+                    rows.append(f"| {mode} | {rate:g} | {gamma:g} | {v:.3f} | {multiplier_variance(None, rate, None):.3f} | {matched:.3f} |")
     except ValueError as err:
         p.error(str(err))
     print("| mode | rate | gamma | QSD variance | dropout variance | matched dropout rate |")
     print("|---|---|---|---|---|---|")
-    for mode in args.mode:
-        for rate in args.rate:
-            for gamma in args.gamma:
-                v = multiplier_variance(mode, rate, gamma)
-                print(f"| {mode} | {rate:g} | {gamma:g} | {v:.3f} | {multiplier_variance(None, rate, None):.3f} | "
-                      f"{matched_dropout_rate(mode, rate, gamma):.3f} |")
+    print("\n".join(rows))
     return 0
 
 
