@@ -22,48 +22,15 @@ from . import regularisers as _regularisers  # noqa: F401  (registry aliases)
 from . import tasks as _tasks  # noqa: F401  (makes the models resolvable by class name)
 from .callbacks import ProgressBar, RankNoiseSeed, RNGStateCheckpoint
 from .cli_errors import ConciseArgumentParser
-from .data import CorruptDataError, DataNotFoundError
-from .tasks.language_model import VocabularyMismatchError
+from .checkpointing import CheckpointError, check_checkpoint_fits, load_checkpoint
+from .errors import UserError
 from .tracking import CHECKPOINT_KEY, LoggerSaveConfigCallback, WandbLogger
 
-
-class CheckpointError(ValueError):
-    """A checkpoint that does not exist, cannot be read, or does not fit the model."""
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # truncated, not a checkpoint
-        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise CheckpointError(f"{path} is not a Lightning checkpoint (no state_dict)")
-    return checkpoint
-
-
-def check_checkpoint_fits(checkpoint: dict, model: torch.nn.Module, path: str | Path) -> None:
-    """Raise :class:`CheckpointError` naming what differs if the weights do not fit ``model``."""
-    saved, expected = checkpoint["state_dict"], model.state_dict()
-    missing = sorted(set(expected) - set(saved))
-    unexpected = sorted(set(saved) - set(expected))
-    shapes = sorted(
-        k for k in set(saved) & set(expected)
-        if hasattr(saved[k], "shape") and hasattr(expected[k], "shape") and saved[k].shape != expected[k].shape
-    )
-    if missing or unexpected or shapes:
-        def few(keys: list[str]) -> str:
-            return ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
-
-        parts = [f"{name}: {few(keys)}" for name, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)) if keys]
-        raise CheckpointError(
-            f"checkpoint {path} does not fit {type(model).__name__} as configured ({'; '.join(parts)}). "
-            "It was saved by another architecture or configuration: use the config it was trained with."
-        )
 
 __all__ = ["QSDLightningCLI", "cli_main", "main"]
 
 #: errors that are the user's input, not a bug: reported in one line, exit status 1
-USER_ERRORS = (DataNotFoundError, CorruptDataError, FloatingPointError, CheckpointError, VocabularyMismatchError)
+USER_ERRORS = (UserError, FloatingPointError)
 
 
 class QSDLightningCLI(LightningCLI):

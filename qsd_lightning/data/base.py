@@ -8,15 +8,9 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from ..errors import CorruptDataError, DataNotFoundError  # re-exported
+
 __all__ = ["SplitDataModule", "TensorDataModule", "DataNotFoundError", "CorruptDataError", "seeded_split"]
-
-
-class DataNotFoundError(FileNotFoundError):
-    """The data is not on disk and could not be downloaded."""
-
-
-class CorruptDataError(ValueError):
-    """A data file exists but cannot be read."""
 
 
 def seeded_split(n: int, fractions: tuple[float, ...], seed: int) -> list[torch.Tensor]:

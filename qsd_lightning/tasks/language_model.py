@@ -17,6 +17,7 @@ from ..models.language_model import LSTMLanguageModel, LSTMState
 from ..regularisers import Dropout, NoRegulariser, Regulariser, materialise
 from ..regularisers.types import Rate
 from ..regularisers.variants import LockedDropout, WeightDrop
+from ..errors import ConfigError
 from .optim import configure_optimizers
 
 __all__ = ["LanguageModel", "VocabularyMismatchError"]
@@ -24,7 +25,7 @@ __all__ = ["LanguageModel", "VocabularyMismatchError"]
 STAGES = ("train", "val", "test")
 
 
-class VocabularyMismatchError(ValueError):
+class VocabularyMismatchError(ConfigError):
     """The model's ``vocab_size`` differs from the data's vocabulary."""
 
 
