@@ -21,7 +21,7 @@ from . import data as _data  # noqa: F401  (makes the data modules resolvable by
 from . import regularisers as _regularisers  # noqa: F401  (registry aliases)
 from . import tasks as _tasks  # noqa: F401  (makes the models resolvable by class name)
 from .callbacks import ProgressBar, RankNoiseSeed, RNGStateCheckpoint
-from .cli_errors import ConciseArgumentParser
+from .cli_errors import ConciseArgumentParser, runtime_user_error
 from .checkpointing import CheckpointError, check_checkpoint_fits, load_checkpoint
 from .errors import UserError
 from .tracking import CHECKPOINT_KEY, LoggerSaveConfigCallback, WandbLogger
@@ -138,9 +138,16 @@ def finish_wandb_runs(trainer) -> None:
 
 
 def main(args: list[str] | None = None) -> None:
-    """Console entry point: user errors become one line on stderr and exit status 1."""
+    """Console entry point: the user's errors become one line on stderr and exit status 1;
+    bugs keep their traceback."""
     try:
         cli_main(args)
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except Exception as err:
+        message = runtime_user_error(err)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
         raise SystemExit(1) from None

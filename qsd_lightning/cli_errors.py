@@ -15,7 +15,7 @@ from typing import NoReturn
 from jsonargparse import ArgumentError
 from lightning.pytorch.cli import LightningArgumentParser
 
-__all__ = ["condense", "ConciseArgumentParser"]
+__all__ = ["condense", "ConciseArgumentParser", "runtime_user_error"]
 
 _TYPE_MEANING = {
     "Rate": "must be in [0, 1)",
@@ -104,3 +104,9 @@ class ConciseArgumentParser(LightningArgumentParser):
             raise ArgumentError(None, short) from ex
         sys.stderr.write(f"error: {short}\n(run with --help for the accepted options)\n")
         raise SystemExit(2)
+
+
+def runtime_user_error(err: BaseException) -> str | None:
+    """The one-line message for an exception raised after parsing that is the user's doing
+    (no GPU for ``accelerator: gpu``, a full disk, a lost DDP peer, ...), or None for a bug."""
+    return None
