@@ -10,14 +10,23 @@ user trusts.
 
 from __future__ import annotations
 
+import errno
+import os
 import pickle
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
+from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from .errors import CheckpointError
 
-__all__ = ["CheckpointError", "load_checkpoint", "check_checkpoint_fits"]
+__all__ = ["AtomicCheckpointIO", "CheckpointError", "load_checkpoint", "check_checkpoint_fits", "readable_checkpoint"]
+
+#: errors of a full or over-quota disk, reported in one line
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 def load_checkpoint(path: str | Path, trusted: bool = False) -> dict:
@@ -68,3 +77,64 @@ def check_checkpoint_fits(checkpoint: dict, model: torch.nn.Module, path: str | 
             f"checkpoint {path} does not fit {type(model).__name__} as configured ({'; '.join(parts)}). "
             "It was saved by another architecture or configuration: use the config it was trained with."
         )
+
+
+def readable_checkpoint(path: str | Path, trusted: bool = False) -> bool:
+    """Whether ``path`` loads as a Lightning checkpoint (safely unless ``trusted``)."""
+    try:
+        load_checkpoint(path, trusted)
+    except CheckpointError:
+        return False
+    return True
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints that are either complete or absent, on any local filesystem.
+
+    Lightning's default writes the temporary file in ``$TMPDIR`` and then copies it over the
+    target, which is not atomic when the checkpoint directory is on another filesystem
+    (cluster scratch, NFS): a kill mid-copy leaves a truncated ``last.ckpt``. Here the
+    temporary file is written beside the target, flushed to disk and renamed over it
+    (``os.replace`` is atomic within one filesystem). On any failure the temporary file is
+    removed, so the previous checkpoint stays intact; a full disk becomes a one-line
+    :class:`CheckpointError`. Remote paths (``s3://``, ...) keep Lightning's behaviour.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None or not _is_local_file_protocol(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                torch.save(checkpoint, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+        except BaseException as err:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            if isinstance(err, OSError) and err.errno in _DISK_FULL:
+                raise CheckpointError(
+                    f"cannot write checkpoint {target}: {os.strerror(err.errno)}; free space on that disk or set "
+                    "--trainer.default_root_dir to another one (earlier checkpoints are intact)"
+                ) from None
+            raise
+        _fsync_directory(target.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename durable (best effort: not every filesystem supports it)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -8,13 +8,16 @@ parsing, so a bad value stops before anything is built.
 from __future__ import annotations
 
 import sys
+from datetime import timedelta
 from pathlib import Path
 
-import torch
-
-from lightning.pytorch.cli import LightningCLI
+from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.callbacks.progress import ProgressBar as ProgressBarBase
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.utilities import rank_zero_only
 
 from . import callbacks as _callbacks  # noqa: F401
 from . import data as _data  # noqa: F401  (makes the data modules resolvable by class name)
@@ -22,8 +25,9 @@ from . import regularisers as _regularisers  # noqa: F401  (registry aliases)
 from . import tasks as _tasks  # noqa: F401  (makes the models resolvable by class name)
 from .callbacks import ProgressBar, RankNoiseSeed, RNGStateCheckpoint
 from .cli_errors import ConciseArgumentParser, runtime_user_error
-from .checkpointing import CheckpointError, check_checkpoint_fits, load_checkpoint
-from .errors import UserError
+from . import resume
+from .checkpointing import AtomicCheckpointIO, CheckpointError, check_checkpoint_fits, load_checkpoint
+from .errors import ConfigError, UserError
 from .tracking import CHECKPOINT_KEY, LoggerSaveConfigCallback, WandbLogger
 
 
@@ -35,76 +39,222 @@ USER_ERRORS = (UserError, FloatingPointError)
 
 class QSDLightningCLI(LightningCLI):
     """LightningCLI with the project's defaults (subclass mode, injected optimisers),
-    one-line argument errors, the resolved config in W&B, and W&B runs that resume with
-    ``--ckpt_path``."""
+    one-line argument errors, safe checkpoint loading, checkpoints written atomically,
+    ``--ckpt_path last`` that resumes this configuration's run, the resolved config beside
+    each run's checkpoints and in W&B, and W&B runs that resume with ``--ckpt_path``."""
 
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument(
+            "--ddp_timeout", type=float, default=DEFAULT_DDP_TIMEOUT,
+            help="Seconds a DDP rank waits in a collective (or at start-up) for the others before it fails "
+                 "with an error, instead of hanging when a peer is lost. Raise it when rank 0 downloads data "
+                 "for longer than this while the others wait.",
+        )
+
+    # ------------------------------------------------------------------ parsing
     def _parse_ckpt_path(self) -> None:
-        """Refuse a checkpoint of another architecture before Lightning applies its hparams.
-
-        For the same class, Lightning rebuilds the model with the hyper-parameters saved in
-        the checkpoint (regulariser included), so a resumed run continues the same model.
-        """
+        """Resolve ``--ckpt_path`` (``last`` included) to a file, load it safely, refuse another
+        architecture, and rebuild the model from the checkpoint's hyper-parameters with one
+        notice per value that differs from the command line or config (one rule for every
+        ``--ckpt_path``)."""
         subcommand = self.config.get("subcommand")
-        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if ckpt_path and ckpt_path != "last" and Path(ckpt_path).is_file():
-            saved = load_checkpoint(ckpt_path).get("hyper_parameters", {}).get("_class_path")
-            configured = self.config[subcommand].get("model.class_path")
-            if saved and configured and saved != configured:
-                raise CheckpointError(
-                    f"checkpoint {ckpt_path} holds a {saved.rsplit('.', 1)[-1]} but the config builds a "
-                    f"{configured.rsplit('.', 1)[-1]}: use the config the checkpoint was trained with"
-                )
-        super()._parse_ckpt_path()
-
-    def _resume_tracking(self) -> None:
-        """Resolve ``--ckpt_path last`` to a file and continue the W&B run stored in it."""
-        config = self.config_init[self.subcommand]
-        ckpt_path = config.get("ckpt_path")
-        if not ckpt_path:
+        if not subcommand:
             return
+        config = self.config[subcommand]
+        if config.get("ddp_timeout") is not None and not config["ddp_timeout"] > 0:
+            raise ConfigError(f"--ddp_timeout must be > 0 seconds (got {config['ddp_timeout']})")
+        ckpt_path = config.get("ckpt_path")
+        if not ckpt_path or ckpt_path in ("hpc", "registry") or "://" in str(ckpt_path):
+            return
+        trusted = config.get("weights_only") is False
         if ckpt_path == "last":
-            roots = {Path(self.trainer.default_root_dir)}
-            roots |= {Path(lg.save_dir) for lg in self.trainer.loggers if getattr(lg, "save_dir", None)}
-            found = sorted((p for root in roots for p in root.rglob("last*.ckpt")), key=lambda p: p.stat().st_mtime)
-            if not found:
-                raise CheckpointError(
-                    f"--ckpt_path last: no last.ckpt under {', '.join(sorted(map(str, roots)))}; "
-                    "give the checkpoint's path instead"
-                )
-            ckpt_path = config["ckpt_path"] = str(found[-1])
-        if not Path(ckpt_path).is_file():
-            raise CheckpointError(f"checkpoint {ckpt_path} does not exist")
-        checkpoint = load_checkpoint(ckpt_path)
-        check_checkpoint_fits(checkpoint, self.model, ckpt_path)
-        run_id = checkpoint.get(CHECKPOINT_KEY)
-        if run_id:
-            for logger in self.trainer.loggers:
-                if isinstance(logger, WandbLogger):
-                    logger.continue_run(run_id)
+            ckpt_path, checkpoint = self._find_last(config, trusted)
+            config["ckpt_path"] = ckpt_path
+        else:
+            checkpoint = load_checkpoint(ckpt_path, trusted)
+        hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if k != "_instantiator"}
+        saved = hparams.get("_class_path")
+        configured = config.get("model.class_path")
+        if saved and configured and saved != configured:
+            raise CheckpointError(
+                f"checkpoint {ckpt_path} holds a {saved.rsplit('.', 1)[-1]} but the config builds a "
+                f"{configured.rsplit('.', 1)[-1]}: use the config the checkpoint was trained with"
+            )
+        if not hparams:
+            return
+        before = _flat(config.get("model"))
+        self.config = self._with_checkpoint_model(hparams)
+        after = _flat(self.config[subcommand].get("model"))
+        for key in sorted(set(before) | set(after)):
+            if key in after and before.get(key, _MISSING) != after[key]:
+                given = "unset" if key not in before else repr(before[key])
+                _notice(f"--model.{key}: {given} replaced by {after[key]!r} from checkpoint {ckpt_path} "
+                        "(the model is rebuilt as it was trained)")
 
+    def _with_checkpoint_model(self, hparams: dict, base=None):
+        """The config with the model replaced by a checkpoint's hyper-parameters (Lightning's rule)."""
+        subcommand = self.config["subcommand"]
+        hparams = dict(hparams)
+        model = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams} if "_class_path" in hparams else hparams
+        return self.parser.parse_object({subcommand: {"model": model}}, base if base is not None else self.config)
+
+    def _find_last(self, config, trusted: bool) -> tuple[str, dict]:
+        """``--ckpt_path last``: the newest ``last*.ckpt`` under the root whose run has this
+        configuration's model (and data, when its config.yaml is beside it). An unreadable
+        ``last.ckpt`` falls back to the newest readable checkpoint of its run."""
+        root = Path(config.get("trainer.default_root_dir") or Path.cwd())
+        found = resume.last_checkpoints(root)
+        if not found:
+            raise CheckpointError(f"--ckpt_path last: no last.ckpt under {root}; give the checkpoint's path instead")
+        wanted_model = _flat(config.get("model"))
+        wanted_data = config.get("data.class_path")
+        others = []
+        for path in found:
+            usable, checkpoint, note = resume.newest_readable(path, trusted)
+            if checkpoint is None:
+                others.append(f"{path} (unreadable: {note})")
+                continue
+            hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if k != "_instantiator"}
+            try:
+                model = _flat(self._with_checkpoint_model(hparams, base=self.config.clone())[self.config["subcommand"]].get("model")) if hparams else {}
+            except (SystemExit, Exception):  # saved by another version or class: not this run
+                model = {}
+            data = resume.saved_data_config(usable)
+            if model == wanted_model and (data is None or data == wanted_data):
+                if note:
+                    _notice(f"--ckpt_path last: {note}")
+                _notice(f"--ckpt_path last: resuming {usable}")
+                return str(usable), checkpoint
+            others.append(f"{usable} ({hparams.get('_class_path', '?').rsplit('.', 1)[-1]}"
+                          f"{', ' + _describe_regulariser(hparams) if hparams else ''})")
+        listed = "; ".join(others[:5]) + (f"; +{len(others) - 5} more" if len(others) > 5 else "")
+        raise CheckpointError(
+            f"--ckpt_path last: no run under {root} was trained with this configuration (candidates: {listed}); "
+            "give the checkpoint's path to use one of them"
+        )
+
+    def before_instantiate_classes(self) -> None:
+        """Loggers without a ``save_dir`` write under ``trainer.default_root_dir``."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        root = config.get("trainer.default_root_dir") or str(Path.cwd())
+        loggers = config.get("trainer.logger")
+        for entry in loggers if isinstance(loggers, list) else [loggers]:
+            init = getattr(entry, "init_args", None) if entry is not None and not isinstance(entry, bool) else None
+            if init is not None and "save_dir" in init and init.get("save_dir") is None:
+                init["save_dir"] = root
+
+    # ------------------------------------------------------------------ building
     def _instantiate_trainer(self, config: dict, callbacks: list):
-        """Add the project's always-on callbacks: per-rank noise seeds, random states in
-        checkpoints, and the log-file-friendly :class:`ProgressBar` (unless bars are off or
-        another progress bar is given)."""
+        """Add the project's always-on pieces: per-rank noise seeds, random states in
+        checkpoints, atomic checkpoint writes, the DDP timeout, and the log-file-friendly
+        :class:`ProgressBar` (unless bars are off or another progress bar is given)."""
         given = config.get("callbacks") or []
         given = given if isinstance(given, list) else [given]
         present = [*given, *callbacks]
         extra = [cls() for cls in (RankNoiseSeed, RNGStateCheckpoint) if not any(isinstance(cb, cls) for cb in present)]
         if config.get("enable_progress_bar") is not False and not any(isinstance(cb, ProgressBarBase) for cb in present):
             extra.append(ProgressBar())
-        return super()._instantiate_trainer(config, [*callbacks, *extra])
+        plugins = config.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins) and not _strategy_has_checkpoint_io(config.get("strategy")):
+            config["plugins"] = [*plugins, AtomicCheckpointIO()]
+        trainer = super()._instantiate_trainer(config, [*callbacks, *extra])
+        timeout = self.config_init[self.subcommand].get("ddp_timeout") if self.subcommand else self.config_init.get("ddp_timeout")
+        if timeout and isinstance(trainer.strategy, DDPStrategy):
+            trainer.strategy._timeout = timedelta(seconds=float(timeout))  # read when the process group starts
+        return trainer
+
+    # ------------------------------------------------------------------ running
+    def _before_run(self) -> None:
+        """Checkpoints load safely unless ``--weights_only false``; the checkpoint must fit
+        the model; a resumed fit writes into its run's checkpoint folder and W&B run."""
+        config = self.config_init[self.subcommand]
+        if config.get("weights_only") is None:
+            config["weights_only"] = True
+        ckpt_path = config.get("ckpt_path")
+        if not ckpt_path or ckpt_path in ("hpc", "registry", "last") or "://" in str(ckpt_path):
+            return
+        checkpoint = load_checkpoint(ckpt_path, trusted=config["weights_only"] is False)
+        check_checkpoint_fits(checkpoint, self.model, ckpt_path)
+        if self.subcommand == "fit":
+            for cb in self.trainer.checkpoint_callbacks:
+                if isinstance(cb, ModelCheckpoint) and cb.dirpath is None:
+                    cb.dirpath = str(Path(ckpt_path).resolve().parent)
+        run_id = checkpoint.get(CHECKPOINT_KEY)
+        if run_id:
+            for logger in self.trainer.loggers:
+                if isinstance(logger, WandbLogger):
+                    logger.continue_run(run_id)
 
     def before_fit(self) -> None:
-        self._resume_tracking()
+        self._before_run()
 
     def before_validate(self) -> None:
-        self._resume_tracking()
+        self._before_run()
 
     def before_test(self) -> None:
-        self._resume_tracking()
+        self._before_run()
 
     def before_predict(self) -> None:
-        self._resume_tracking()
+        self._before_run()
+
+
+class RunConfigCallback(LoggerSaveConfigCallback):
+    """Each run keeps the config that made it beside its checkpoints (``config.yaml``; a
+    resumed run adds ``config.1.yaml``, ...), written when training starts; ``validate``,
+    ``test`` and ``predict`` write no config file, so they never overwrite a run's. The W&B run
+    config gets it too (:class:`LoggerSaveConfigCallback`)."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero or trainer.fast_dev_run:
+            return
+        callback = trainer.checkpoint_callback
+        if callback is None or not getattr(callback, "dirpath", None):
+            return
+        directory = Path(callback.dirpath)
+        directory.mkdir(parents=True, exist_ok=True)
+        target, n = directory / resume.RUN_CONFIG, 0
+        while target.exists():
+            n += 1
+            target = directory / f"{Path(resume.RUN_CONFIG).stem}.{n}.yaml"
+        self.parser.save(self.config, str(target), skip_none=False, overwrite=False, multifile=self.multifile)
+
+
+#: default of ``--ddp_timeout`` in seconds (torch's own default is 30 minutes)
+DEFAULT_DDP_TIMEOUT = 900.0
+
+_MISSING = object()
+
+
+def _flat(value, prefix: str = "") -> dict:
+    """A config value as ``{"a.b.c": leaf}`` (``init_args`` dropped from the keys)."""
+    if hasattr(value, "as_dict"):
+        value = value.as_dict()
+    if isinstance(value, dict):
+        out: dict = {}
+        for key, item in value.items():
+            if key in ("__path__", "_instantiator"):
+                continue
+            name = prefix if key in ("init_args", "dict_kwargs") else (f"{prefix}.{key}" if prefix else key)
+            out.update(_flat(item, name))
+        return out
+    return {prefix: value}
+
+
+def _describe_regulariser(hparams: dict) -> str:
+    reg = hparams.get("regulariser")
+    if isinstance(reg, dict):
+        return "regulariser " + str(reg.get("class_path", "?")).rsplit(".", 1)[-1]
+    return f"regulariser {reg}" if reg is not None else "no regulariser"
+
+
+def _strategy_has_checkpoint_io(strategy) -> bool:
+    return getattr(strategy, "_checkpoint_io", None) is not None
+
+
+@rank_zero_only
+def _notice(message: str) -> None:
+    print(f"notice: {message}", file=sys.stderr, flush=True)
 
 
 def cli_main(args: list[str] | None = None, run: bool = True) -> QSDLightningCLI:
@@ -120,8 +270,8 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> QSDLightningCLI
         subclass_mode_data=True,
         auto_configure_optimizers=False,
         parser_class=ConciseArgumentParser,
-        save_config_callback=LoggerSaveConfigCallback,
-        save_config_kwargs={"overwrite": True},
+        save_config_callback=RunConfigCallback,
+        save_config_kwargs={"save_to_log_dir": False},
         args=args,
         run=run,
     )

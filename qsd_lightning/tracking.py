@@ -15,12 +15,13 @@ import os
 import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 from urllib.parse import urlparse
 
 import yaml
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import SaveConfigCallback
+from lightning.pytorch.loggers import CSVLogger as _LightningCSVLogger
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -71,9 +72,9 @@ class WandbLogger(_LightningWandbLogger):
         kwargs: everything else Lightning's WandbLogger and ``wandb.init`` take.
     """
 
-    def __init__(self, project: str = "qsd-lightning", save_dir: str = "runs", offline: bool = False, **kwargs: Any) -> None:
+    def __init__(self, project: str = "qsd-lightning", save_dir: Optional[str] = None, offline: bool = False, **kwargs: Any) -> None:
         mode, reason = wandb_mode(offline)
-        save_dir = str(Path(save_dir).resolve())  # wandb caches its first working directory
+        save_dir = str(Path(save_dir if save_dir is not None else os.getcwd()).resolve())  # None: the CLI fills in trainer.default_root_dir; wandb caches its first working directory
         Path(save_dir).mkdir(parents=True, exist_ok=True)
         if reason:
             _say(
@@ -117,3 +118,11 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
         for lg in trainer.loggers:
             if isinstance(lg, _LightningWandbLogger) and lg.version:
                 checkpoint[CHECKPOINT_KEY] = lg.version
+
+
+class CSVLogger(_LightningCSVLogger):
+    """Lightning's ``CSVLogger`` whose ``save_dir`` defaults to the Trainer's
+    ``default_root_dir`` (filled in by the CLI), so ``--trainer.default_root_dir`` moves it."""
+
+    def __init__(self, save_dir: Optional[str] = None, name: str = "csv", **kwargs: Any) -> None:
+        super().__init__(save_dir=save_dir if save_dir is not None else os.getcwd(), name=name, **kwargs)

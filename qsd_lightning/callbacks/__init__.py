@@ -1,5 +1,6 @@
 """Callbacks: regulariser schedules and analysis logging."""
 
+from .checkpoint import ModelCheckpoint
 from .progress import ProgressBar
 from .seeding import RankNoiseSeed, RNGStateCheckpoint, rank_seed
 from .quantal import QuantalStatistics, summarise_release
@@ -9,6 +10,7 @@ from .weights import WeightDistributions
 
 __all__ = [
     "ActivationSparsity",
+    "ModelCheckpoint",
     "ProgressBar",
     "QuantalStatistics",
     "RNGStateCheckpoint",
