@@ -11,6 +11,7 @@ user trusts.
 from __future__ import annotations
 
 import errno
+import io
 import os
 import pickle
 import tempfile
@@ -105,10 +106,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().save_checkpoint(checkpoint, path, storage_options)
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()  # serialise first: torch's zip writer hides the errno of a failed write
+        torch.save(checkpoint, buffer)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
         try:
             with os.fdopen(fd, "wb") as fh:
-                torch.save(checkpoint, fh)
+                fh.write(buffer.getbuffer())
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, target)
