@@ -328,3 +328,41 @@ def test_ddp_timeout_is_a_visible_setting_that_reaches_the_strategy(tmp_path):
     assert cli_main(args, run=False).trainer.strategy._timeout == timedelta(seconds=DEFAULT_DDP_TIMEOUT)
     assert cli_main([*args, "--ddp_timeout=42"], run=False).trainer.strategy._timeout == timedelta(seconds=42)
     assert DEFAULT_DDP_TIMEOUT < 1800  # shorter than torch's 30 minutes
+
+
+# ------------------------------------------------------------------------------ mid-epoch resume
+def test_resumable_loader_draws_exactly_what_the_shuffled_loader_draws():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from qsd_lightning.data.resumable import ResumableDataLoader, ResumableRandomSampler
+
+    data = TensorDataset(torch.arange(100.0))
+    seen = []
+    for make in (lambda: DataLoader(data, batch_size=7, shuffle=True),
+                 lambda: ResumableDataLoader(data, batch_size=7, sampler=ResumableRandomSampler(100))):
+        torch.manual_seed(3)
+        loader = make()
+        seen.append(([b[0].tolist() for _ in range(3) for b in loader], torch.rand(1).item()))
+    assert seen[0] == seen[1]
+
+
+def test_resume_from_a_mid_epoch_checkpoint_is_exact(tmp_path):
+    """A checkpoint written in the middle of an epoch (every_n_train_steps) resumes the rest of
+    that epoch's batches and random draws: the final metrics equal an uninterrupted run's."""
+    from .test_trust import cli_subprocess, final_val_loss
+
+    steps = ["--trainer.callbacks+=qsd_lightning.callbacks.ModelCheckpoint", "--trainer.callbacks.every_n_train_steps=5",
+             "--trainer.callbacks.save_top_k=-1", "--trainer.callbacks.save_last=true", "--trainer.callbacks.dirpath=steps"]
+    common = ["fit", "--config", DIGITS, "--trainer.limit_train_batches=6", "--trainer.limit_val_batches=3",
+              "--model.regulariser=qsd", "--trainer.max_epochs=3", *steps]
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    straight.mkdir(), broken.mkdir()
+    cli_subprocess(common, straight)
+    killed = cli_subprocess([*common, "--trainer.callbacks+=tests.test_trust.KillAtStep", "--trainer.callbacks.step=15"],
+                            broken, check=False)
+    assert killed.returncode == -signal.SIGKILL
+    mid = load_checkpoint(broken / "steps" / "last.ckpt")
+    assert mid["global_step"] == 15 and mid["rng_mid_epoch"]  # 3 of the 6 batches of epoch 2
+    resumed = cli_subprocess([*common, "--ckpt_path=steps/last.ckpt"], broken)
+    assert "not resumable" not in resumed.stderr
+    assert final_val_loss(straight)[-1] == final_val_loss(broken)[-1]

@@ -8,6 +8,8 @@ import lightning as L
 import numpy as np
 import torch
 
+from ..data.resumable import trained_batches_mid_epoch
+
 __all__ = ["RankNoiseSeed", "RNGStateCheckpoint", "rank_seed"]
 
 
@@ -65,19 +67,25 @@ class RNGStateCheckpoint(L.Callback):
 
     Lightning creates the first training iterator of a resumed run before any epoch hook, so
     states are restored when the checkpoint is loaded and again after the sanity-check
-    validation (whose data loader also draws random numbers). Exact for checkpoints saved at
-    the end of an epoch (the default); the test suite checks a kill-and-resume run against an
-    uninterrupted one.
+    validation (whose data loader also draws random numbers). A checkpoint written in the
+    middle of an epoch is restored once more when training starts, after the resumed data
+    loader has been created (creating it draws a worker seed that the uninterrupted run did not
+    draw at that point); the data loader itself resumes the epoch's batch order
+    (:class:`qsd_lightning.data.resumable.ResumableDataLoader`). The test suite checks
+    kill-and-resume runs from epoch-end and mid-epoch checkpoints against uninterrupted ones.
     """
 
     def __init__(self) -> None:
         self._pending: dict | None = None
+        self._mid_epoch = False
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         checkpoint.setdefault("rng_states", {})[trainer.global_rank] = _collect()
+        checkpoint["rng_mid_epoch"] = trained_batches_mid_epoch(trainer) is not None
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         self._pending = checkpoint.get("rng_states", {}).get(trainer.global_rank)
+        self._mid_epoch = bool(checkpoint.get("rng_mid_epoch", False))
         if self._pending is not None:
             _restore(self._pending)
 
@@ -86,4 +94,6 @@ class RNGStateCheckpoint(L.Callback):
             _restore(self._pending)
 
     def on_train_start(self, trainer, pl_module) -> None:
+        if self._pending is not None and self._mid_epoch:
+            _restore(self._pending)
         self._pending = None
