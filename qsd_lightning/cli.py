@@ -176,10 +176,11 @@ class QSDLightningCLI(LightningCLI):
             return
         checkpoint = load_checkpoint(ckpt_path, trusted=config["weights_only"] is False)
         check_checkpoint_fits(checkpoint, self.model, ckpt_path)
-        if self.subcommand == "fit":
-            for cb in self.trainer.checkpoint_callbacks:
+        folder = Path(ckpt_path).resolve().parent
+        if self.subcommand == "fit" and Path(self.trainer.default_root_dir).resolve() in folder.parents:
+            for cb in self.trainer.checkpoint_callbacks:  # a resumed run goes on in its own folder
                 if isinstance(cb, ModelCheckpoint) and cb.dirpath is None:
-                    cb.dirpath = str(Path(ckpt_path).resolve().parent)
+                    cb.dirpath = str(folder)
         run_id = checkpoint.get(CHECKPOINT_KEY)
         if run_id:
             for logger in self.trainer.loggers:
