@@ -25,12 +25,23 @@ t-test and exact sign-flip test of each regulariser against the baseline on the 
 the validation metric per epoch) and ``test_error.png`` (or ``test_ppl.png``),
 ``validation.png`` (validation curves, mean +- sd over seeds), ``sparsity.png``, ``weights.png``.
 W&B is disabled in the runs unless ``--wandb`` (then ``WANDB_MODE`` decides as usual).
+
+One runner per output folder: the runner holds ``<out>/.grid.lock`` while it runs and reports
+(``--report-only`` too), and a second runner on the same ``--out`` stops at once naming the
+process that holds it (``--wait`` waits for it instead). Each run's subprocess holds
+``<run>/.run.lock`` for its lifetime and dies with the runner (Linux: ``PR_SET_PDEATHSIG``; on
+Ctrl-C, SIGTERM or ``--timeout`` the runner kills the run's whole process group), and a run
+folder whose lock is still held is never deleted. A run counts as finished only if its
+``metrics.csv`` is the one it finished with (``result.json`` records its SHA-256): a truncated
+or overwritten log is reported and the run is run again. Checkpoints read for the report are
+loaded without running code (``weights_only``); a file that needs code is skipped and named.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import inspect
 import itertools
 import json
@@ -39,9 +50,14 @@ import os
 import re
 import shlex
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,8 +65,20 @@ from typing import Any, Iterable, Sequence
 
 import yaml
 
+from .errors import CheckpointError, UserError
+
+try:  # POSIX advisory locks; without them (Windows) the folder locks are not taken
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
+
 __all__ = [
     "GridError",
+    "OutputFolderError",
+    "FolderInUse",
+    "FolderLock",
+    "lock_holder",
+    "inspect_run",
     "RegulariserSpec",
     "parse_regulariser",
     "parse_override",
@@ -64,10 +92,106 @@ __all__ = [
 ]
 
 RESULT_FILE = "result.json"
+GRID_LOCK = ".grid.lock"  # in <out>: held by the runner (and --report-only) while it works
+RUN_LOCK = ".run.lock"  # in each run folder: held by the run's subprocess for its lifetime
+RUNNER_PID_ENV = "QSD_COMPARE_RUNNER_PID"  # the runner's pid, for its run subprocesses
 
 
 class GridError(ValueError):
     """A bad grid specification (config, regulariser, override): reported in one line."""
+
+
+class OutputFolderError(UserError):
+    """``--out`` cannot be used (a file, not writable): reported in one line."""
+
+
+class FolderInUse(OutputFolderError):
+    """Another live process holds the folder's lock: reported in one line naming it."""
+
+
+# --------------------------------------------------------------------------- locks
+
+
+def _read_holder(path: Path) -> str:
+    """What the lock file says about its holder (``pid N on HOST since ...``), one line."""
+    try:
+        text = Path(path).read_text(errors="replace").strip()
+    except OSError:
+        text = ""
+    return text.splitlines()[0] if text else "another process (pid not recorded yet)"
+
+
+class FolderLock:
+    """An exclusive ``flock`` on ``path``, released by the kernel when its holder dies (even by
+    SIGKILL), so it is never stale. The holder writes ``pid N on HOST since TIME`` into the file,
+    and whoever finds the lock taken reads it from there.
+    """
+
+    def __init__(self, path: Path, what: str, hint: str = ""):
+        self.path, self.what, self.hint = Path(path), what, hint
+        self.fd: int | None = None
+
+    def acquire(self, wait: float = 0.0, on_wait=None) -> "FolderLock":
+        """Take the lock, waiting up to ``wait`` seconds (``math.inf``: until it is free);
+        raise :class:`FolderInUse` if another process still holds it. ``on_wait(holder)`` is
+        called once when it has to wait."""
+        if fcntl is None:  # pragma: no cover
+            return self
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline, told = time.monotonic() + wait, False
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise FolderInUse(f"{self.what} is in use by {_read_holder(self.path)}" + (f"; {self.hint}" if self.hint else "")) from None
+                    if on_wait is not None and not told:
+                        on_wait(_read_holder(self.path))
+                        told = True
+                    time.sleep(min(0.25, left))
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            finally:
+                os.close(fd)
+
+    def __enter__(self) -> "FolderLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def lock_holder(path: Path) -> str | None:
+    """Who holds the lock at ``path`` (``pid N on HOST ...``), or None when it is free or absent."""
+    if fcntl is None:  # pragma: no cover
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _read_holder(path)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
 
 
 # --------------------------------------------------------------------------- specification
@@ -155,8 +279,15 @@ def parse_override(text: str) -> str:
     return f"--{key.strip()}={value}"
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Argument errors in one line (no usage block): ``prog: error: <message> (see --help)``."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(str(message).split())} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _OneLineParser(
         prog="python -m qsd_lightning.compare",
         description="Run a grid of regularisers x seeds on one config; write results.csv, results.md and plots.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -182,6 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wandb", action="store_true", help="keep W&B logging (WANDB_MODE decides); default: disabled")
     p.add_argument("--dry-run", action="store_true", help="print each run's command and stop")
     p.add_argument("--report-only", action="store_true", help="run nothing: collect finished runs and write the report")
+    p.add_argument("--wait", action="store_true",
+                   help="if another runner is using --out, wait for it to finish (default: stop at once)")
     return p
 
 
@@ -199,6 +332,7 @@ class GridArgs:
     wandb: bool = False
     dry_run: bool = False
     report_only: bool = False
+    wait: bool = False
     argv: list[str] = field(default_factory=list)
 
     @property
@@ -254,7 +388,8 @@ def parse_args(argv: Sequence[str] | None = None) -> GridArgs:
     return GridArgs(
         config=config, regularisers=specs, seeds=list(ns.seeds), overrides=overrides, out=Path(ns.out),
         baselines=baselines, jobs=ns.jobs, threads=ns.threads, timeout=ns.timeout, wandb=ns.wandb,
-        dry_run=ns.dry_run, report_only=ns.report_only, argv=[a for a in argv if a != "--report-only"],
+        dry_run=ns.dry_run, report_only=ns.report_only, wait=ns.wait,
+        argv=[a for a in argv if a not in ("--report-only", "--wait")],
     )
 
 
@@ -343,6 +478,7 @@ def run_env(grid: GridArgs) -> dict[str, str]:
         env["WANDB_MODE"] = "disabled"
     env.setdefault("WANDB_SILENT", "true")
     env.setdefault("PYTHONWARNINGS", "ignore")
+    env[RUNNER_PID_ENV] = str(os.getpid())  # the run dies with this process (see _die_with_runner)
     threads = grid.threads or (max(1, (os.cpu_count() or 1) // grid.jobs) if grid.jobs > 1 else None)
     if threads:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
@@ -357,9 +493,76 @@ def _tail(path: Path, lines: int = 6) -> str:
     return "\n".join("    " + line for line in text[-lines:])
 
 
+_CHILDREN: set[subprocess.Popen] = set()  # the runs' subprocesses alive now
+_CHILDREN_LOCK = threading.Lock()
+_STOPPING = threading.Event()  # set when the runner stops: no new run starts
+
+
+class _NotStarted(Exception):
+    """The runner is stopping: the run was not started."""
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the run's process group (the run and anything it started); only while it is
+    not yet reaped, so its pid (= the group id) cannot have been reused."""
+    if proc.returncode is not None:
+        return
+    try:
+        if os.name == "posix":
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:  # pragma: no cover
+            proc.kill()
+    except (ProcessLookupError, PermissionError):
+        try:
+            proc.kill()
+        except OSError:
+            pass
+
+
+def _stop_children() -> None:
+    """Start no more runs and kill the process group of every run in progress."""
+    with _CHILDREN_LOCK:
+        _STOPPING.set()
+        for proc in list(_CHILDREN):
+            _kill_group(proc)
+
+
+def run_child(cmd: list[str], stdout=None, stderr=None, env=None, timeout: float | None = None) -> subprocess.CompletedProcess:
+    """Run one grid point's subprocess (as ``subprocess.run``) in its own session and process group.
+
+    On ``timeout`` the whole group is killed, not only the direct child; when the runner stops
+    (Ctrl-C, SIGTERM) :func:`_stop_children` kills the groups of the runs in progress; and if
+    the runner is killed outright, the run kills itself (``_die_with_runner``).
+    """
+    with _CHILDREN_LOCK:
+        if _STOPPING.is_set():
+            raise _NotStarted
+        proc = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, env=env, start_new_session=os.name == "posix")
+        _CHILDREN.add(proc)
+    try:
+        try:
+            rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            proc.wait()
+            raise
+    finally:
+        with _CHILDREN_LOCK:
+            _CHILDREN.discard(proc)
+    return subprocess.CompletedProcess(cmd, rc)
+
+
 def execute(grid: GridArgs, run: Run) -> tuple[Run, bool, str]:
     """Run one grid point in a subprocess; (run, ok, message)."""
-    if run.dir.exists():  # a run that stopped half-way: start it clean
+    if _STOPPING.is_set():
+        return run, False, "not started: the runner was stopped"
+    if run.dir.exists():  # a run that stopped half-way: start it clean, unless a process still uses it
+        holder = lock_holder(run.dir / RUN_LOCK)
+        if holder:
+            return run, False, (
+                f"run folder {run.dir} is in use by {holder} (a run left over from another runner?); "
+                "not deleted: stop that process, then run again"
+            )
         shutil.rmtree(run.dir)
     run.dir.mkdir(parents=True)
     cmd = run_command(grid, run)
@@ -368,27 +571,43 @@ def execute(grid: GridArgs, run: Run) -> tuple[Run, bool, str]:
     start = time.time()
     try:
         with open(log, "w") as fh:
-            proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=run_env(grid), timeout=grid.timeout)
+            proc = run_child(cmd, stdout=fh, stderr=subprocess.STDOUT, env=run_env(grid), timeout=grid.timeout)
         rc = proc.returncode
     except subprocess.TimeoutExpired:
-        return run, False, f"timed out after {grid.timeout:g} s; log {log}:\n{_tail(log)}"
+        return run, False, f"timed out after {grid.timeout:g} s (its process group was killed); log {log}:\n{_tail(log)}"
+    except _NotStarted:
+        return run, False, "not started: the runner was stopped"
     if rc == 0 and run.result_file.is_file():
-        return run, True, f"done in {time.time() - start:.0f} s"
+        state = inspect_run(run, check_lock=False)
+        if state.status == "ok":
+            return run, True, f"done in {time.time() - start:.0f} s"
+        return run, False, f"finished, but {state.problem}; log {log}"
     return run, False, f"exit status {rc}; log {log}:\n{_tail(log)}"
 
 
 def run_grid(grid: GridArgs) -> list[tuple[Run, str]]:
-    """Run every unfinished run (progress bar over the whole grid); the failures."""
+    """Run every unfinished run (progress bar over the whole grid); the failures.
+
+    A run is unfinished unless :func:`inspect_run` finds it complete: no ``result.json``, or a
+    ``metrics.csv`` that is not the one the run finished with, and such a run is run again.
+    On Ctrl-C or SIGTERM the runs in progress are killed (process groups) before it returns.
+    """
     from tqdm.auto import tqdm
 
+    _STOPPING.clear()
     runs = plan(grid)
-    pending = [r for r in runs if not r.result_file.is_file()]
+    states = {r: inspect_run(r) for r in runs}
+    pending = [r for r in runs if states[r].status != "ok"]
     skipped = len(runs) - len(pending)
     failures: list[tuple[Run, str]] = []
     bar = tqdm(total=len(runs), initial=skipped, desc="grid", unit="run", dynamic_ncols=True)
     if skipped:
-        tqdm.write(f"{skipped} finished run(s) skipped (result.json present)")
-    with ThreadPoolExecutor(max_workers=grid.jobs) as pool:
+        tqdm.write(f"{skipped} finished run(s) skipped (complete result.json and metrics.csv)")
+    for r in pending:
+        if states[r].status == "incomplete":
+            tqdm.write(f"{r.spec.label} seed {r.seed}: {states[r].problem}; running it again", file=sys.stderr)
+    pool = ThreadPoolExecutor(max_workers=grid.jobs)
+    try:
         futures = [pool.submit(execute, grid, r) for r in pending]
         for fut in as_completed(futures):
             run, ok, message = fut.result()
@@ -400,15 +619,66 @@ def run_grid(grid: GridArgs) -> list[tuple[Run, str]]:
             else:
                 failures.append((run, message))
                 tqdm.write(f"FAILED {name}: {message}", file=sys.stderr)
-    bar.close()
+    except BaseException:  # Ctrl-C, SIGTERM (see _stop_on_sigterm) or a bug: no run outlives the runner
+        _stop_children()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    finally:
+        bar.close()
+    pool.shutdown(wait=True)
     return failures
 
 
 # --------------------------------------------------------------------------- one run (subprocess)
 
 
+def _set_pdeathsig() -> None:
+    """Linux: this process gets SIGKILL when its parent dies (``prctl(PR_SET_PDEATHSIG)``)."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # pragma: no cover
+            pass
+
+
+def _is_launched_rank() -> bool:
+    """A process that Lightning's DDP launcher started for a rank other than 0 (it re-runs
+    this command line with ``LOCAL_RANK``/``NODE_RANK`` set)."""
+    return os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0"
+
+
+def _die_with_runner() -> None:
+    """In a run's subprocess: die with the runner that started it, even if it is SIGKILLed.
+
+    Linux: ``prctl(PR_SET_PDEATHSIG, SIGKILL)``. The runner may have died before that call (the
+    interpreter starts first), so the parent pid is checked afterwards: if this process has
+    been re-parented, the runner is gone and the run does not start.
+    """
+    runner = os.environ.pop(RUNNER_PID_ENV, None)  # popped: the ranks rank 0 launches are not the runner's
+    if not runner:  # started by hand (or in-process by the tests)
+        return
+    _set_pdeathsig()
+    if str(os.getppid()) != runner:
+        raise UserError(f"the comparison runner (pid {runner}) that started this run has exited; not running")
+
+
+def _sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def run_one(run_dir: Path, cli_args: list[str]) -> dict:
-    """Fit with the LightningCLI, test the best checkpoint, write ``result.json`` last."""
+    """Fit with the LightningCLI, test the best checkpoint, write ``result.json`` last.
+
+    ``result.json`` records the SHA-256 of the run's ``metrics.csv`` as it is when the run
+    ends, so a log truncated or overwritten later is not taken for this run's.
+    """
     from .cli import cli_main, finish_wandb_runs
     from lightning.pytorch.loggers import CSVLogger
 
@@ -423,18 +693,21 @@ def run_one(run_dir: Path, cli_args: list[str]) -> dict:
     tested = trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt, verbose=False)
     finish_wandb_runs(trainer)
     csv_dirs = [lg.log_dir for lg in trainer.loggers if isinstance(lg, CSVLogger)]
+    metrics_csv = Path(csv_dirs[0]) / "metrics.csv" if csv_dirs else None
     result = {
         "test": {k: float(v) for k, v in (tested[0] if tested else {}).items()},
         "checkpoint": str(Path(ckpt).resolve()) if ckpt else None,
         "last_checkpoint": str(Path(ckpt_cb.last_model_path).resolve()) if ckpt_cb is not None and ckpt_cb.last_model_path else None,
-        "metrics_csv": str(Path(csv_dirs[0]) / "metrics.csv") if csv_dirs else None,
+        "metrics_csv": str(metrics_csv) if metrics_csv else None,
+        "metrics_sha256": _sha256(metrics_csv) if metrics_csv and metrics_csv.is_file() else None,
         "epochs": trainer.current_epoch,
         "seconds": time.time() - start,
         "cli_args": cli_args,
     }
-    tmp = run_dir / (RESULT_FILE + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(run_dir / RESULT_FILE)
+    if trainer.is_global_zero:  # one writer (DDP ranks > 0 return the same result)
+        tmp = run_dir / (RESULT_FILE + ".tmp")
+        tmp.write_text(json.dumps(result, indent=1))
+        tmp.replace(run_dir / RESULT_FILE)
     return result
 
 
@@ -609,25 +882,80 @@ def primary_metric(frame) -> tuple[str, str, bool]:
     return "test/error", "test error (%)", True
 
 
+@dataclass
+class RunState:
+    """What :func:`inspect_run` found: ``ok`` (finished, logs complete), ``incomplete`` (a
+    ``result.json`` whose logs are not the run's), ``running`` (its lock is held), ``failed``
+    (started, no ``result.json``) or ``missing``; ``problem`` says why it is not ok."""
+
+    status: str
+    problem: str = ""
+    result: dict = field(default_factory=dict)
+    metrics_csv: str | None = None
+
+
+def inspect_run(run: Run, check_lock: bool = True) -> RunState:
+    """Whether ``run`` finished with complete logs.
+
+    ``result.json`` is written last, so without it the run did not finish. With it, the run's
+    ``metrics.csv`` must be the file the run finished with: its SHA-256 as recorded in
+    ``result.json``; for a ``result.json`` written before that was recorded, the CSV must hold
+    a test row and at least as many epochs as ``result.json`` says. ``check_lock``: a run folder whose
+    lock a live process holds is ``running``, whatever it holds.
+    """
+    if check_lock and run.dir.is_dir():
+        holder = lock_holder(run.dir / RUN_LOCK)
+        if holder:
+            return RunState("running", f"in use by {holder}")
+    if not run.result_file.is_file():
+        started = (run.dir / "log.txt").is_file()
+        return RunState("failed" if started else "missing", "no result.json" if started else "not run")
+    try:
+        result = json.loads(run.result_file.read_text())
+        if not isinstance(result, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as err:
+        return RunState("incomplete", f"result.json unreadable ({err})")
+    csv_path = result.get("metrics_csv")
+    if not (csv_path and Path(csv_path).is_file()):  # results/ moved or copied: the run's own log
+        local = run.dir / "csv" / "version_0" / "metrics.csv"
+        csv_path = str(local) if local.is_file() else csv_path
+    have_csv = bool(csv_path) and Path(csv_path).is_file()
+    expected = result.get("metrics_sha256")
+    if expected:
+        if not have_csv:
+            return RunState("incomplete", "its metrics.csv is missing")
+        if _sha256(csv_path) != expected:
+            return RunState("incomplete", f"{csv_path} is not the log the run finished with (truncated or overwritten)")
+    elif result.get("epochs") is not None and have_csv:  # a result.json from before the checksum
+        try:
+            metrics = read_metrics_csv(csv_path)
+        except Exception as err:  # a truncated line, an empty file
+            return RunState("incomplete", f"{csv_path} unreadable ({type(err).__name__})")
+        if not any(k.startswith("test/") for k in metrics):
+            return RunState("incomplete", f"{csv_path} has no test row")
+        if metrics.get("epochs", 0) < result["epochs"]:  # more is fine: max_steps may stop mid-epoch
+            return RunState("incomplete", f"{csv_path} has {metrics.get('epochs', 0):g} epoch(s), result.json {result['epochs']}")
+    return RunState("ok", "", result, csv_path)
+
+
 def collect(grid: GridArgs):
-    """One row per planned run: finished runs with their metrics, others marked missing/failed."""
+    """One row per planned run: finished runs with their metrics, others marked missing, failed,
+    running or incomplete (``problem`` says why)."""
     import pandas as pd
 
     rows = []
     for run in plan(grid):
         row: dict[str, Any] = {"regulariser": run.spec.label, "name": run.spec.name, "seed": run.seed, "run_dir": str(run.dir)}
-        if not run.result_file.is_file():
-            row["status"] = "failed" if (run.dir / "log.txt").is_file() else "missing"
+        state = inspect_run(run)
+        row["status"] = state.status
+        if state.status != "ok":
+            row["problem"] = state.problem
             rows.append(row)
             continue
-        result = json.loads(run.result_file.read_text())
-        row["status"] = "ok"
+        result, csv_path = state.result, state.metrics_csv
         row["seconds"] = result.get("seconds")
         row["checkpoint"] = result.get("checkpoint")
-        csv_path = result.get("metrics_csv")
-        if not (csv_path and Path(csv_path).is_file()):  # results/ moved or copied: the run's own log
-            local = run.dir / "csv" / "version_0" / "metrics.csv"
-            csv_path = str(local) if local.is_file() else csv_path
         row["metrics_csv"] = csv_path
         metrics = read_metrics_csv(csv_path) if csv_path and Path(csv_path).is_file() else {}
         for k, v in result.get("test", {}).items():  # what trainer.test returned (same numbers as the CSV row)
@@ -697,8 +1025,10 @@ def paired_table(frame, grid: GridArgs, metric: str, baseline: str | None = None
     return out
 
 
-def write_report(frame, grid: GridArgs, failures: Iterable[tuple[Run, str]] = (), curves: tuple[str, dict] | None = None) -> Path:
-    """``results.csv`` and ``results.md`` in ``grid.out``; returns the markdown path."""
+def write_report(frame, grid: GridArgs, failures: Iterable[tuple[Run, str]] = (), curves: tuple[str, dict] | None = None,
+                 notes: Sequence[str] = ()) -> Path:
+    """``results.csv`` and ``results.md`` in ``grid.out``; returns the markdown path. ``notes``:
+    what the plots skipped (checkpoints refused), listed at the end."""
     out = grid.out
     out.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out / "results.csv", index=False)
@@ -842,9 +1172,12 @@ def write_report(frame, grid: GridArgs, failures: Iterable[tuple[Run, str]] = ()
         lines += ["## Runs not finished", ""]
         messages = {(r.spec.label, r.seed): m.splitlines()[0] for r, m in failures}
         for _, r in bad.iterrows():
-            why = messages.get((r["regulariser"], r["seed"]), r["status"])
+            problem = r.get("problem")
+            why = messages.get((r["regulariser"], r["seed"]), r["status"] + (f": {problem}" if isinstance(problem, str) and problem else ""))
             lines.append(f"- `{r['regulariser']}` seed {r['seed']}: {why} (see `{Path(r['run_dir']) / 'log.txt'}`)")
         lines.append("")
+    if notes:
+        lines += ["## Checkpoints not read", "", *[f"- {note}" for note in notes], ""]
     path = out / "results.md"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -857,8 +1190,13 @@ def _metric_slug(metric: str) -> str:
 # --------------------------------------------------------------------------- plots
 
 
-def plot(frame, grid: GridArgs, curves: tuple[str, dict] | None = None) -> list[Path]:
-    """Test metric per regulariser (seeds as points), validation curves, sparsity per layer, weight histograms."""
+def plot(frame, grid: GridArgs, curves: tuple[str, dict] | None = None, notes: list[str] | None = None) -> list[Path]:
+    """Test metric per regulariser (seeds as points), validation curves, sparsity per layer, weight histograms.
+
+    The histograms read each run's tested checkpoint without running code in it
+    (:func:`~qsd_lightning.checkpointing.load_checkpoint`); one it refuses is left out, named
+    in one line on stderr and appended to ``notes``.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -942,12 +1280,21 @@ def plot(frame, grid: GridArgs, curves: tuple[str, dict] | None = None) -> list[
     tensors: dict[str, dict[str, list]] = {}
     import torch
 
+    from .checkpointing import load_checkpoint
+
     for _, row in ok.iterrows():
         ckpt = row.get("checkpoint")
         if not isinstance(ckpt, str) or not Path(ckpt).is_file():
             continue
-        state = torch.load(ckpt, map_location="cpu", weights_only=False).get("state_dict", {})
-        for key, value in state.items():
+        try:
+            state = load_checkpoint(ckpt).get("state_dict")
+        except CheckpointError as err:
+            note = f"`{row['regulariser']}` seed {row['seed']}: left out of weights.png: {err}"
+            print(f"warning: {row['regulariser']} seed {row['seed']}: left out of weights.png: {err}", file=sys.stderr)
+            if notes is not None:
+                notes.append(note)
+            continue
+        for key, value in (state if isinstance(state, dict) else {}).items():
             if key.endswith((".weight", ".bias")) and torch.is_tensor(value) and value.is_floating_point() and value.numel() > 1:
                 tensors.setdefault(key, {}).setdefault(row["regulariser"], []).append(value.flatten().double().numpy())
     if tensors:
@@ -983,26 +1330,76 @@ def plot(frame, grid: GridArgs, curves: tuple[str, dict] | None = None) -> list[
 # --------------------------------------------------------------------------- entry point
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["_run"]:  # one grid point, in its own process
-        if len(argv) < 3 or argv[2] != "--":
-            raise SystemExit("usage: python -m qsd_lightning.compare _run RUN_DIR -- CLI_ARGS...")
-        run_one(Path(argv[1]), argv[3:])
-        return 0
-    grid = parse_args(argv)
-    if grid.dry_run:
-        for run in plan(grid):
-            print(shlex.join(run_command(grid, run)))
-        return 0
-    grid.out.mkdir(parents=True, exist_ok=True)
-    if not grid.report_only:  # grid.json records the last grid that ran runs, not a report's view of it
-        (grid.out / "grid.json").write_text(json.dumps({"argv": grid.argv, "command": grid.command}, indent=1))
-    failures = [] if grid.report_only else run_grid(grid)
-    frame = collect(grid)
-    curves = validation_curves(frame)  # every run's metrics.csv read once, for the plot and the table
-    plot(frame, grid, curves)
-    report = write_report(frame, grid, failures, curves)
+def _prepare_out(out: Path) -> None:
+    """Create ``--out`` and check that it is a writable folder (one-line errors)."""
+    if out.exists() and not out.is_dir():
+        raise OutputFolderError(f"--out {out}: exists and is not a folder; give a folder for the runs and the report")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as err:
+        raise OutputFolderError(f"--out {out}: cannot write there ({err.strerror or err})") from None
+
+
+@contextmanager
+def _stop_on_sigterm():
+    """SIGTERM stops the runner as Ctrl-C does: the runs in progress are killed, locks released."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main_run(argv: list[str]) -> int:
+    """``_run RUN_DIR -- CLI_ARGS``: one grid point, in its own process, holding its run lock."""
+    if len(argv) < 3 or argv[2] != "--":
+        raise SystemExit("usage: python -m qsd_lightning.compare _run RUN_DIR -- CLI_ARGS...")
+    run_dir = Path(argv[1])
+    try:
+        if _is_launched_rank():  # a DDP rank > 0 of this run: dies with rank 0, which holds the lock
+            _set_pdeathsig()
+            run_one(run_dir, argv[3:])
+            return 0
+        _die_with_runner()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with FolderLock(run_dir / RUN_LOCK, f"run folder {run_dir}").acquire(wait=10.0):
+            run_one(run_dir, argv[3:])
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _main_grid(grid: GridArgs) -> int:
+    _prepare_out(grid.out)
+    if fcntl is None:  # pragma: no cover
+        print(f"warning: no file locks on this platform: run one runner at a time on {grid.out}", file=sys.stderr)
+    lock = FolderLock(
+        grid.out / GRID_LOCK, f"{grid.out}",
+        hint="wait for it to finish, or pass --wait to wait for it",
+    )
+
+    def waiting(holder: str) -> None:
+        print(f"{grid.out} is in use by {holder}; waiting for it to finish (Ctrl-C to stop)", file=sys.stderr)
+
+    with lock.acquire(wait=math.inf if grid.wait else 0.0, on_wait=waiting), _stop_on_sigterm():
+        if not grid.report_only:  # grid.json records the last grid that ran runs, not a report's view of it
+            (grid.out / "grid.json").write_text(json.dumps({"argv": grid.argv, "command": grid.command}, indent=1))
+        failures = [] if grid.report_only else run_grid(grid)
+        frame = collect(grid)
+        curves = validation_curves(frame)  # every run's metrics.csv read once, for the plot and the table
+        notes: list[str] = []
+        plot(frame, grid, curves, notes)
+        report = write_report(frame, grid, failures, curves, notes)
     n_ok = int((frame["status"] == "ok").sum())
     print(f"{n_ok}/{len(frame)} runs finished; {grid.out / 'results.csv'}, {report}")
     if failures:
@@ -1011,6 +1408,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {run.spec.label} seed {run.seed}: {message.splitlines()[0]}", file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The runner (exit 0: every run finished; 1: a run failed or the user's error, in one line;
+    2: bad arguments; 130: interrupted), or ``_run``, one grid point."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["_run"]:  # one grid point, in its own process
+        return _main_run(argv)
+    grid = parse_args(argv)
+    if grid.dry_run:
+        for run in plan(grid):
+            print(shlex.join(run_command(grid, run)))
+        return 0
+    try:
+        return _main_grid(grid)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: the runs in progress were stopped; run the same command again to resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

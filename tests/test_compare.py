@@ -144,7 +144,7 @@ def test_read_metrics_csv(tmp_path):
 
 
 def _fake_subprocess(calls, fail=()):
-    """Stand-in for subprocess.run: writes a finished run (result.json + metrics.csv)."""
+    """Stand-in for C.run_child (as subprocess.run): writes a finished run (result.json + metrics.csv)."""
 
     def run(cmd, stdout=None, stderr=None, env=None, timeout=None):
         run_dir = Path(cmd[4])
@@ -167,7 +167,7 @@ def _fake_subprocess(calls, fail=()):
 def test_finished_runs_are_skipped_and_failures_reported(tmp_path, monkeypatch, capsys):
     argv = ["--config", DIGITS, "-r", "dropout", "qsd:gamma=4", "--seeds", "0", "1", "2", "--out", str(tmp_path)]
     calls: list[Path] = []
-    monkeypatch.setattr(C.subprocess, "run", _fake_subprocess(calls, fail={"seed2"}))
+    monkeypatch.setattr(C, "run_child", _fake_subprocess(calls, fail={"seed2"}))
     assert C.main(argv) == 1  # two runs failed, the grid went on
     assert len(calls) == 6
     err = capsys.readouterr().err
@@ -176,7 +176,7 @@ def test_finished_runs_are_skipped_and_failures_reported(tmp_path, monkeypatch, 
     assert list(frame["status"]) == ["ok", "ok", "failed"] * 2
 
     calls.clear()
-    monkeypatch.setattr(C.subprocess, "run", _fake_subprocess(calls))
+    monkeypatch.setattr(C, "run_child", _fake_subprocess(calls))
     assert C.main(argv) == 0
     assert sorted(p.name for p in calls) == ["seed2", "seed2"]  # only the unfinished runs ran again
     md = (tmp_path / "results.md").read_text()
@@ -198,7 +198,7 @@ def test_several_baselines_each_get_a_paired_table(tmp_path, monkeypatch):
             "--baseline", "dropout", "dropout:rate=0.6", "--out", str(tmp_path)]
     grid = C.parse_args(argv)
     assert grid.baselines == ["dropout", "dropout:rate=0.6"] and grid.baseline == "dropout"
-    monkeypatch.setattr(C.subprocess, "run", _fake_subprocess([]))
+    monkeypatch.setattr(C, "run_child", _fake_subprocess([]))
     assert C.main(argv) == 0
     md = (tmp_path / "results.md").read_text()
     first, second = md.split("## Paired against `dropout:rate=0.6` (same seeds)")
@@ -219,7 +219,7 @@ def test_default_baseline_may_be_absent(tmp_path):
 
 def test_validation_table_marks_epochs_not_every_seed_reached(tmp_path, monkeypatch):
     argv = ["--config", DIGITS, "-r", "dropout", "--seeds", "0", "1", "--out", str(tmp_path)]
-    monkeypatch.setattr(C.subprocess, "run", _fake_subprocess([]))
+    monkeypatch.setattr(C, "run_child", _fake_subprocess([]))
     assert C.main(argv) == 0
     stopped = tmp_path / "runs" / "dropout" / "seed1" / "csv" / "version_0" / "metrics.csv"
     text = stopped.read_text().splitlines()
@@ -243,7 +243,7 @@ def _in_process(cmd, stdout=None, stderr=None, env=None, timeout=None):
 
 
 def test_tiny_real_grid_on_digits(tmp_path, monkeypatch):
-    monkeypatch.setattr(C.subprocess, "run", _in_process)
+    monkeypatch.setattr(C, "run_child", _in_process)
     out = tmp_path / "grid"
     argv = [
         "--config", DIGITS, "-r", "dropout", "qsd:gamma=4,mode=coupled", "--seeds", "0", "1",
