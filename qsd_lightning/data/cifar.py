@@ -37,7 +37,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import CorruptDataError, DataNotFoundError, TensorDataModule, seeded_split
+from .base import (
+    ConfigError,
+    CorruptDataError,
+    DataNotFoundError,
+    NonNegativeInt,
+    PositiveInt,
+    TensorDataModule,
+    check_data_dir,
+    check_positive,
+    check_val_size,
+    require,
+    seeded_split,
+)
 
 __all__ = [
     "CIFARDataModule",
@@ -107,18 +119,25 @@ Arrays = tuple[np.ndarray, np.ndarray]  # uint8 [N, 3, 32, 32], int64 [N]
 
 # ----------------------------------------------------------------------------- pickle batches
 
+_ALLOWED_GLOBALS = frozenset({
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),
+})
+#: the most images one pickle file of either data set holds (CIFAR-100's ``train``)
+MAX_BATCH_IMAGES = 50000
+_PER_IMAGE = 3072 + 512  # pixels, plus room for its label(s), file name and pickle overhead
+_SCALAR_COST = 8  # an int or float counts as 8 bytes (what it becomes in an int64 array)
+
+
 class _ArrayUnpickler(pickle.Unpickler):
     """Unpickles plain containers and numpy arrays only (what the CIFAR batches hold)."""
 
-    _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("_codecs", "encode"),
-    }
+    _ALLOWED = _ALLOWED_GLOBALS
 
     def find_class(self, module: str, name: str):
         if (module, name) in self._ALLOWED:
@@ -126,10 +145,231 @@ class _ArrayUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"unexpected object {module}.{name} (not a CIFAR batch)")
 
 
-def _unpickle(f: IO[bytes], where: str) -> dict:
+class _TooBig(Exception):
+    pass
+
+
+# opcodes whose argument is a length and that many bytes: (bytes of the length, signed)
+_SIZED = {
+    "SHORT_BINSTRING": (1, False), "SHORT_BINBYTES": (1, False), "SHORT_BINUNICODE": (1, False),
+    "BINSTRING": (4, True), "BINBYTES": (4, False), "BINUNICODE": (4, False),
+    "BINUNICODE8": (8, False), "BINBYTES8": (8, False), "BYTEARRAY8": (8, False),
+}
+
+
+def _utf8_chars(raw: bytes, start: int, n: int) -> int:
+    """Number of characters in the UTF-8 text ``raw[start : start + n]``: its bytes less the
+    continuation bytes (0b10xxxxxx), counted 4 MB at a time."""
+    continuation, step = 0, 1 << 22
+    for i in range(start, start + n, step):
+        chunk = np.frombuffer(raw, dtype=np.uint8, count=min(step, start + n - i), offset=i)
+        continuation += int(np.count_nonzero((chunk & 0xC0) == 0x80))
+    return n - continuation
+
+
+def _opcodes(raw: bytes):
+    """``(name, arg, size)`` per opcode of ``raw``, up to STOP. Strings and bytes are not
+    decoded (``arg`` None) unless shorter than 256 bytes; ``size`` is their length in bytes."""
+    import pickletools
+
+    f, end = io.BytesIO(raw), len(raw)
+    while True:
+        code = f.read(1)
+        if not code:
+            raise pickle.UnpicklingError("no STOP opcode: truncated")
+        op = pickletools.code2op.get(code.decode("latin-1"))
+        if op is None:
+            raise pickle.UnpicklingError(f"invalid pickle opcode {code!r} at byte {f.tell() - 1}")
+        if op.name in _SIZED:
+            width, signed = _SIZED[op.name]
+            prefix = f.read(width)
+            n = int.from_bytes(prefix, "little", signed=signed)
+            if len(prefix) < width or n < 0 or f.tell() + n > end:
+                raise pickle.UnpicklingError(f"{op.name} at byte {f.tell() - len(prefix) - 1} runs past the end: truncated")
+            if n < 256:
+                value = f.read(n)
+                arg = value.decode("utf-8", "surrogatepass") if "UNICODE" in op.name else value
+            else:
+                start = f.seek(n, 1) - n
+                arg = None
+                if "UNICODE" in op.name:  # characters, not UTF-8 bytes: what the str (latin-1 text) takes
+                    n = _utf8_chars(raw, start, n)
+            yield op.name, arg, n
+        else:
+            arg = op.arg.reader(f) if op.arg is not None else None
+            yield op.name, arg, len(arg) if isinstance(arg, (str, bytes)) else 0
+        if op.name == "STOP":
+            return
+
+
+def _scan_pickle(raw: bytes, max_bytes: int, max_items: int) -> None:
+    """Refuse a pickle whose objects would add up to more than ``max_bytes``, *before* it is
+    unpickled, without building any of them.
+
+    A pickle can name one object many times through its memo (``BINGET``): 86 kB can describe
+    a list of 20,000 references to one 3,072-number row, which numpy then turns into a 480 MB
+    array. So this walks the opcodes once, keeping for each object only its own size and the
+    objects it holds (memo references included), and then adds up the size of the whole tree
+    as if every reference were a copy. Strings and bytes count their length, numbers 8 bytes;
+    a container holding more than ``max_items`` entries, a reference cycle, an unknown global,
+    or an opcode outside what numpy arrays and plain containers use is refused too.
+    Raises ``pickle.UnpicklingError`` (or ``_TooBig``) with the reason.
+    """
+    own: list[int] = []
+    kids: list[list[int]] = []
+    text: dict[int, str] = {}  # short str values, for STACK_GLOBAL
+    stack: list[int] = []  # node ids; -1 is a MARK
+    memo: dict[int, int] = {}
+    root = None
+
+    def node(size: int, children: list[int] | None = None, value=None) -> int:
+        own.append(size)
+        kids.append(children or [])
+        if isinstance(value, str) and len(value) < 256:
+            text[len(own) - 1] = value
+        return len(own) - 1
+
+    def pop() -> int:
+        if not stack or stack[-1] == -1:
+            raise pickle.UnpicklingError("stack underflow")
+        return stack.pop()
+
+    def pop_mark() -> list[int]:
+        if -1 not in stack:
+            raise pickle.UnpicklingError("no MARK on the stack")
+        i = len(stack) - 1 - stack[::-1].index(-1)
+        items = stack[i + 1 :]
+        del stack[i:]
+        return items
+
+    def add(target: int, items: list[int]) -> None:
+        kids[target].extend(items)
+        if len(kids[target]) > max_items:
+            raise _TooBig(f"a container of more than {max_items} entries")
+
+    def check_global(module: str, name: str) -> None:
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise pickle.UnpicklingError(f"unexpected object {module}.{name} (not a CIFAR batch)")
+
+    for name, arg, length in _opcodes(raw):
+        if name in ("PROTO", "FRAME"):
+            continue
+        if name == "STOP":
+            root = pop()
+            break
+        if name == "MARK":
+            stack.append(-1)
+        elif name in ("INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4", "NONE", "NEWTRUE",
+                      "NEWFALSE", "FLOAT", "BINFLOAT"):
+            stack.append(node(_SCALAR_COST))
+        elif name in ("STRING", "BINSTRING", "SHORT_BINSTRING", "BINBYTES", "SHORT_BINBYTES", "BINBYTES8",
+                      "BYTEARRAY8", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8"):
+            stack.append(node(length + _SCALAR_COST, value=arg))
+        elif name in ("EMPTY_LIST", "EMPTY_DICT", "EMPTY_TUPLE", "EMPTY_SET"):
+            stack.append(node(_SCALAR_COST))
+        elif name in ("LIST", "TUPLE", "DICT", "FROZENSET"):
+            items = pop_mark()
+            stack.append(node(_SCALAR_COST))
+            add(stack[-1], items)
+        elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
+            items = [pop() for _ in range(int(name[-1]))][::-1]
+            stack.append(node(_SCALAR_COST, items))
+        elif name in ("APPEND", "SETITEM"):
+            items = [pop() for _ in range(1 if name == "APPEND" else 2)][::-1]
+            add(stack[-1] if stack and stack[-1] != -1 else pop(), items)
+        elif name in ("APPENDS", "SETITEMS", "ADDITEMS"):
+            items = pop_mark()
+            add(stack[-1] if stack and stack[-1] != -1 else pop(), items)
+        elif name in ("GLOBAL", "INST"):
+            module, _, attr = str(arg).partition(" ")
+            check_global(module, attr)
+            if name == "INST":
+                stack.append(node(_SCALAR_COST, pop_mark()))
+            else:
+                stack.append(node(_SCALAR_COST))
+        elif name == "STACK_GLOBAL":
+            attr, module = pop(), pop()
+            if module not in text or attr not in text:
+                raise pickle.UnpicklingError("STACK_GLOBAL without a module and name string")
+            check_global(text[module], text[attr])
+            stack.append(node(_SCALAR_COST))
+        elif name in ("REDUCE", "NEWOBJ"):
+            args, func = pop(), pop()
+            stack.append(node(_SCALAR_COST, [func, args]))
+        elif name == "NEWOBJ_EX":
+            kwargs, args, cls = pop(), pop(), pop()
+            stack.append(node(_SCALAR_COST, [cls, args, kwargs]))
+        elif name == "OBJ":
+            stack.append(node(_SCALAR_COST, pop_mark()))
+        elif name == "BUILD":
+            state = pop()
+            add(stack[-1] if stack and stack[-1] != -1 else pop(), [state])
+        elif name == "POP":
+            if stack and stack[-1] == -1:
+                stack.pop()
+            else:
+                pop()
+        elif name == "POP_MARK":
+            pop_mark()
+        elif name == "DUP":
+            stack.append(stack[-1] if stack and stack[-1] != -1 else pop())
+        elif name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
+            if not stack or stack[-1] == -1:
+                raise pickle.UnpicklingError("memoising an empty stack")
+            memo[len(memo) if name == "MEMOIZE" else int(arg)] = stack[-1]
+        elif name in ("GET", "BINGET", "LONG_BINGET"):
+            if int(arg) not in memo:
+                raise pickle.UnpicklingError(f"memo key {arg} not found")
+            stack.append(memo[int(arg)])
+        else:  # PERSID, BINPERSID, EXT1/2/4, NEXT_BUFFER, READONLY_BUFFER: never in a CIFAR batch
+            raise pickle.UnpicklingError(f"unexpected pickle opcode {name} (not a CIFAR batch)")
+    if root is None:
+        raise pickle.UnpicklingError("no STOP opcode: truncated")
+
+    # total size of the tree below the root, every reference counted as a copy (memoised per
+    # object, so this is linear in the number of objects and references)
+    size: dict[int, int] = {}
+    on_path: set[int] = set()
+    todo: list[tuple[int, bool]] = [(root, False)]
+    while todo:
+        n, done = todo.pop()
+        if done:
+            on_path.discard(n)
+            size[n] = min(own[n] + sum(size[k] for k in kids[n]), max_bytes + 1)  # clamped: no huge ints
+            continue
+        if n in size:
+            continue
+        if n in on_path:
+            raise pickle.UnpicklingError("an object that contains itself (not a CIFAR batch)")
+        on_path.add(n)
+        todo.append((n, True))
+        todo.extend((k, False) for k in kids[n] if k not in size)
+    if size[root] > max_bytes:
+        raise _TooBig(f"objects of more than {max_bytes} bytes once its repeated references are expanded")
+
+
+def _unpickle(f: IO[bytes], where: str, max_images: int = MAX_BATCH_IMAGES) -> dict:
+    """The dict in a CIFAR pickle, read with bounded memory: a file, or the objects it describes,
+    larger than a batch of ``max_images`` images can be is refused before anything is built."""
+    max_bytes = max_images * _PER_IMAGE + (1 << 20)
+    max_file = 2 * max_bytes  # protocol-2 pickles of bytes store them as latin-1 text: up to 2 bytes each
     try:
-        entry = _ArrayUnpickler(f, encoding="latin1").load()
-    except Exception as err:  # truncated (EOFError), garbage (UnpicklingError), bad array state
+        raw = f.read(max_file + 1)
+    except _ARCHIVE_ERRORS as err:
+        raise CorruptDataError(f"cannot read CIFAR batch {where}: {type(err).__name__}: {err}") from err
+    if len(raw) > max_file:
+        raise CorruptDataError(
+            f"{where} is larger than a CIFAR batch of {max_images} images can be (over {max_file} bytes): not a CIFAR batch"
+        )
+    try:
+        _scan_pickle(raw, max_bytes, 2 * max_images + 1024)
+        entry = _ArrayUnpickler(io.BytesIO(raw), encoding="latin1").load()
+    except _TooBig as err:
+        raise CorruptDataError(
+            f"cannot read CIFAR batch {where}: it describes {err}, more than a batch of {max_images} images holds: "
+            "corrupt or crafted file, download or copy it again"
+        ) from None
+    except Exception as err:  # truncated (EOFError, ValueError), garbage (UnpicklingError), bad array state
         raise CorruptDataError(f"cannot read CIFAR batch {where}: {type(err).__name__}: {err}") from err
     if not isinstance(entry, dict):
         raise CorruptDataError(f"{where} is not a CIFAR batch (a {type(entry).__name__}, not a dict)")
@@ -139,14 +379,32 @@ def _unpickle(f: IO[bytes], where: str) -> dict:
 def _batch_arrays(entry: dict, label_key: str, where: str) -> Arrays:
     if "data" not in entry or label_key not in entry:
         raise CorruptDataError(f"{where} lacks the 'data' or {label_key!r} entry of a CIFAR batch")
-    data = np.asarray(entry["data"])
-    labels = np.asarray(entry[label_key], dtype=np.int64)
+    data = entry["data"]
+    if not isinstance(data, np.ndarray):
+        raise CorruptDataError(f"{where}: 'data' is a {type(data).__name__}, expected a uint8 numpy array [N, 3072]")
+    try:
+        labels = np.asarray(entry[label_key])
+        ok = labels.ndim == 1 and (labels.dtype.kind in "iu" or len(labels) == 0)
+        labels = labels.astype(np.int64) if ok else labels
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise CorruptDataError(f"{where}: {label_key!r} is not a list of integer labels")
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(labels) != len(data):
         raise CorruptDataError(
             f"{where}: expected uint8 data of shape [N, 3072] and N labels, "
             f"got data {data.dtype}{list(data.shape)} and {len(labels)} labels"
         )
     return data.reshape(-1, *IMAGE_SHAPE), labels
+
+
+def _class_names(entry: dict, key: str, where: str) -> Optional[tuple[str, ...]]:
+    names = entry.get(key)
+    if names is None:
+        return None
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, (str, bytes)) for n in names):
+        raise CorruptDataError(f"{where}: {key!r} is not a list of class names")
+    return tuple(n.decode("latin1") if isinstance(n, bytes) else n for n in names) or None
 
 
 def _concat(parts: list[Arrays]) -> Arrays:
@@ -174,16 +432,32 @@ def _read_pickle_folder(folder: Path, layout: _Layout) -> tuple[Arrays, Arrays, 
         parts = []
         for name in names:
             with open(folder / name, "rb") as f:
-                parts.append(_batch_arrays(_unpickle(f, str(folder / name)), layout.label_key, str(folder / name)))
+                entry = _unpickle(f, str(folder / name), _max_images(layout, name))
+            parts.append(_batch_arrays(entry, layout.label_key, str(folder / name)))
         return _concat(parts)
 
     classes = layout.classes
     if (folder / layout.meta).is_file():
+        meta = str(folder / layout.meta)
         with open(folder / layout.meta, "rb") as f:
-            names = _unpickle(f, str(folder / layout.meta)).get(layout.names_key)
-        if names:
-            classes = tuple(n.decode("latin1") if isinstance(n, bytes) else str(n) for n in names)
+            classes = _class_names(_unpickle(f, meta, _META_IMAGES), layout.names_key, meta) or classes
+        _check_class_count(classes, layout, meta)
     return read(layout.train), read(layout.test), classes
+
+
+_META_IMAGES = 100  # the meta files hold a few hundred bytes of names: the budget of 100 images is plenty
+
+
+def _max_images(layout: _Layout, name: str) -> int:
+    """How many images the batch file ``name`` holds at most (10,000; 50,000 for CIFAR-100's train)."""
+    return MAX_BATCH_IMAGES // len(layout.train) if name in layout.train else 10000
+
+
+def _check_class_count(classes: Sequence[str], layout: _Layout, where: str) -> None:
+    if len(classes) != len(layout.classes):
+        raise CorruptDataError(
+            f"{where} names {len(classes)} classes, {layout.title} has {len(layout.classes)}; is --data.dataset right?"
+        )
 
 
 # ----------------------------------------------------------------------------- image folders
@@ -276,7 +550,8 @@ def _read_archive(path: Path, layout: _Layout) -> Optional[tuple[Arrays, Arrays,
                 parts = PurePosixPath(member.name).parts
                 where = f"{member.name} in {path}"
                 if parts[-1] in batch_names and (len(parts) == 1 or parts[-2] == layout.folder):
-                    batches[parts[-1]] = _unpickle(tar.extractfile(member), where)
+                    limit = _META_IMAGES if parts[-1] == layout.meta else _max_images(layout, parts[-1])
+                    batches[parts[-1]] = _unpickle(tar.extractfile(member), where, limit)
                 elif len(parts) >= 3 and parts[-3] in images and _is_image(parts[-1]):
                     array = _decode_image(tar.extractfile(member).read(), where)
                     images[parts[-3]].setdefault(parts[-2], []).append((parts[-1], array))
@@ -289,8 +564,9 @@ def _read_archive(path: Path, layout: _Layout) -> Optional[tuple[Arrays, Arrays,
         def read(names: Sequence[str]) -> Arrays:
             return _concat([_batch_arrays(batches[n], layout.label_key, f"{n} in {path}") for n in names])
 
-        names = batches.get(layout.meta, {}).get(layout.names_key)
-        classes = tuple(n.decode("latin1") if isinstance(n, bytes) else str(n) for n in names) if names else layout.classes
+        meta = f"{layout.meta} in {path}"
+        classes = _class_names(batches.get(layout.meta, {}), layout.names_key, meta) or layout.classes
+        _check_class_count(classes, layout, meta)
         return read(layout.train), read(layout.test), classes
     if any(images["train"].values()) and any(images["test"].values()):
         return _assemble(images, str(path))
@@ -321,8 +597,9 @@ def read_cifar(data_dir: str | Path, dataset: Dataset = "cifar10") -> tuple[Arra
     ``CorruptDataError`` naming the file when one cannot be read.
     """
     if dataset not in LAYOUTS:
-        raise ValueError(f"dataset must be one of {', '.join(LAYOUTS)}, got {dataset!r}")
+        raise ConfigError(f"--data.dataset must be one of {', '.join(LAYOUTS)} (got {dataset!r})")
     data_dir, layout = Path(data_dir), LAYOUTS[dataset]
+    check_data_dir(data_dir)
     found = _find_source(data_dir, dataset)
     if found is None:
         raise DataNotFoundError(missing_message(data_dir, dataset, "no data files"))
@@ -418,21 +695,18 @@ class CIFARDataModule(TensorDataModule):
         self,
         data_dir: str = "data/cifar10",
         dataset: Dataset = "cifar10",
-        batch_size: int = 128,
-        val_size: int = 5000,
-        train_size: Optional[int] = None,
+        batch_size: PositiveInt = 128,
+        val_size: PositiveInt = 5000,
+        train_size: Optional[PositiveInt] = None,
         augment: bool = False,
         download: bool = True,
         seed: int = 0,
-        num_workers: int = 0,
+        num_workers: NonNegativeInt = 0,
     ) -> None:
         super().__init__(data_dir=data_dir, batch_size=batch_size, num_workers=num_workers, seed=seed)
-        if dataset not in LAYOUTS:
-            raise ValueError(f"dataset must be one of {', '.join(LAYOUTS)}, got {dataset!r}")
-        if val_size < 1:
-            raise ValueError(f"val_size must be >= 1, got {val_size}")
-        if train_size is not None and train_size < 1:
-            raise ValueError(f"train_size must be >= 1 or null, got {train_size}")
+        require(dataset in LAYOUTS, "dataset", f"must be one of {', '.join(LAYOUTS)}", dataset)
+        check_positive("val_size", val_size)
+        check_positive("train_size", train_size, optional=True)
         self.dataset = dataset
         self.val_size = val_size
         self.train_size = train_size
@@ -444,6 +718,7 @@ class CIFARDataModule(TensorDataModule):
         self.source: str | None = None
 
     def prepare_data(self) -> None:
+        check_data_dir(self.data_dir)
         if _find_source(self.data_dir, self.dataset) is not None:
             return
         if not self.download:
@@ -462,14 +737,13 @@ class CIFARDataModule(TensorDataModule):
     def load(self):
         (x_train, y_train), (x_test, y_test), self.classes, self.source = read_cifar(self.data_dir, self.dataset)
         log.info("%s: %d train, %d test images from %s", self.dataset, len(y_train), len(y_test), self.source)
-        if not self.val_size < len(y_train):
-            raise ValueError(f"val_size {self.val_size} must be smaller than the {len(y_train)} training images")
+        check_val_size(self.val_size, len(y_train), self.source)
         val, train = seeded_split(len(y_train), (self.val_size / len(y_train),), self.seed)
         if self.train_size is not None:
             if self.train_size > len(train):
-                raise ValueError(
-                    f"train_size {self.train_size} is more than the {len(train)} training images left "
-                    f"after the {self.val_size}-image validation split"
+                raise ConfigError(
+                    f"--data.train_size {self.train_size} is more than the {len(train)} training images left "
+                    f"after the {self.val_size}-image validation split of {self.source}: lower --data.train_size or --data.val_size"
                 )
             train = train[: self.train_size]  # the split is a seeded permutation: a random subset
         x_train, y_train = torch.from_numpy(x_train), torch.from_numpy(y_train)

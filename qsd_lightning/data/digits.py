@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import TensorDataModule, seeded_split
+from .base import ConfigError, NonNegativeInt, OpenUnitInterval, PositiveInt, TensorDataModule, require, seeded_split
 
 __all__ = ["DigitsDataModule"]
 
@@ -20,17 +20,31 @@ class DigitsDataModule(TensorDataModule):
     num_classes = 10
 
     def __init__(
-        self, batch_size: int = 64, val_fraction: float = 0.2, test_fraction: float = 0.2, seed: int = 0, num_workers: int = 0
+        self,
+        batch_size: PositiveInt = 64,
+        val_fraction: OpenUnitInterval = 0.2,
+        test_fraction: OpenUnitInterval = 0.2,
+        seed: int = 0,
+        num_workers: NonNegativeInt = 0,
     ) -> None:
         super().__init__(data_dir=".", batch_size=batch_size, num_workers=num_workers, seed=seed)
-        if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
-            raise ValueError("val_fraction and test_fraction must be in (0, 1) and sum to less than 1")
-        self.val_fraction = val_fraction
-        self.test_fraction = test_fraction
+        for arg, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+            require(isinstance(value, (int, float)) and 0 < value < 1, arg, "must be in (0, 1)", value)
+        self.val_fraction = float(val_fraction)
+        self.test_fraction = float(test_fraction)
+
+    def _check_fractions(self) -> None:
+        # checked when the data is loaded, not in __init__: the CLI then reports it in one line
+        if not self.val_fraction + self.test_fraction < 1:
+            raise ConfigError(
+                f"--data.val_fraction + --data.test_fraction must be < 1 to leave training data "
+                f"(got {self.val_fraction:g} + {self.test_fraction:g})"
+            )
 
     def load(self):
         from sklearn.datasets import load_digits
 
+        self._check_fractions()
         images, labels = load_digits(return_X_y=True)
         x = torch.as_tensor(images, dtype=torch.float32) / 16.0
         y = torch.as_tensor(labels, dtype=torch.long)

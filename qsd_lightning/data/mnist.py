@@ -5,9 +5,20 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from .base import DataNotFoundError, TensorDataModule, seeded_split
+from .base import (
+    CorruptDataError,
+    DataNotFoundError,
+    NonNegativeInt,
+    PositiveInt,
+    TensorDataModule,
+    check_data_dir,
+    check_positive,
+    check_val_size,
+    seeded_split,
+)
 from .idx import read_idx
 
 __all__ = ["MNISTDataModule", "MNIST_FILES"]
@@ -21,19 +32,53 @@ MNIST_FILES = {
 _MEAN, _STD = 0.1307, 0.3081
 
 
+def _names(stem: str) -> tuple[str, ...]:
+    # LeCun's names, gzipped or not, and the dotted spelling of some mirrors (train-images.idx3-ubyte)
+    dotted = stem.replace("-idx", ".idx")
+    return (stem, stem + ".gz", dotted, dotted + ".gz")
+
+
 def find_mnist_files(data_dir: Path) -> dict[str, Path] | None:
     """Paths of the four IDX files (``.gz`` or not) in ``data_dir`` or torchvision's
-    ``data_dir/MNIST/raw`` layout; None if any is missing."""
+    ``data_dir/MNIST/raw`` layout; None if any is missing. A folder named like a file (what
+    some unzip tools make: ``train-images-idx3-ubyte/train-images-idx3-ubyte``) is looked into."""
     found = {}
     for key, stem in MNIST_FILES.items():
         for folder in (data_dir, data_dir / "MNIST" / "raw"):
-            hits = [folder / name for name in (stem, stem + ".gz") if (folder / name).is_file()]
+            candidates = [folder / name for name in _names(stem)]
+            candidates += [c / name for c in candidates if c.is_dir() for name in _names(stem)]
+            hits = [c for c in candidates if c.is_file()]
             if hits:
                 found[key] = hits[0]
                 break
         else:
             return None
     return found
+
+
+def _check_idx(path: Path, array: np.ndarray, kind: str) -> None:
+    """``CorruptDataError`` naming ``path`` unless ``array`` is MNIST images or labels."""
+    shape = "x".join(str(n) for n in array.shape) or "scalar"
+    if kind == "images":
+        if array.dtype != np.uint8 or array.ndim != 3 or array.shape[1:] != (28, 28):
+            hint = " (a labels file?)" if array.ndim == 1 else ""
+            raise CorruptDataError(
+                f"{path} is not an MNIST images file{hint}: it holds {array.dtype} [{shape}], expected uint8 [N x 28 x 28]"
+            )
+    else:
+        if array.ndim != 1 or array.dtype.kind not in "iu":
+            hint = " (an images file?)" if array.ndim == 3 else ""
+            raise CorruptDataError(
+                f"{path} is not an MNIST labels file{hint}: it holds {array.dtype} [{shape}], expected uint8 [N] labels 0-9"
+            )
+        bad = np.flatnonzero((array < 0) | (array > 9))
+        if len(bad):
+            raise CorruptDataError(
+                f"{path}: label {int(array[bad[0]])} at index {int(bad[0])} is outside 0-9 "
+                f"({len(bad)} such labels): not an MNIST labels file, or corrupt"
+            )
+    if len(array) == 0:
+        raise CorruptDataError(f"{path} holds no {kind}: download or copy it again")
 
 
 class MNISTDataModule(TensorDataModule):
@@ -50,13 +95,14 @@ class MNISTDataModule(TensorDataModule):
     def __init__(
         self,
         data_dir: str = "data/mnist",
-        batch_size: int = 60,
-        val_size: int = 5000,
+        batch_size: PositiveInt = 60,
+        val_size: PositiveInt = 5000,
         download: bool = True,
         seed: int = 0,
-        num_workers: int = 0,
+        num_workers: NonNegativeInt = 0,
     ) -> None:
         super().__init__(data_dir=data_dir, batch_size=batch_size, num_workers=num_workers, seed=seed)
+        check_positive("val_size", val_size)
         self.val_size = val_size
         self.download = download
 
@@ -70,6 +116,7 @@ class MNISTDataModule(TensorDataModule):
         )
 
     def prepare_data(self) -> None:
+        check_data_dir(self.data_dir)
         if find_mnist_files(self.data_dir) is not None:
             return
         if not self.download:
@@ -87,18 +134,29 @@ class MNISTDataModule(TensorDataModule):
             socket.setdefaulttimeout(previous)
 
     def load(self):
+        check_data_dir(self.data_dir)
         files = find_mnist_files(self.data_dir)
         if files is None:
             raise DataNotFoundError(self._missing_message("files missing"))
-        arrays = {key: torch.from_numpy(read_idx(path).copy()) for key, path in files.items()}
+        raw = {}
+        for key, path in files.items():
+            raw[key] = read_idx(path)
+            _check_idx(path, raw[key], key.split("_")[1])
+        for split in ("train", "test"):
+            n_images, n_labels = len(raw[f"{split}_images"]), len(raw[f"{split}_labels"])
+            if n_images != n_labels:
+                raise CorruptDataError(
+                    f"{files[split + '_images']} holds {n_images} images but {files[split + '_labels']} holds "
+                    f"{n_labels} labels: files of different data sets? copy a matching pair"
+                )
+        check_val_size(self.val_size, len(raw["train_labels"]), files["train_labels"].parent)
+        arrays = {key: torch.from_numpy(array.copy()) for key, array in raw.items()}
 
         def images(key: str) -> torch.Tensor:
             return ((arrays[key].float() / 255.0) - _MEAN) / _STD
 
         x_train, y_train = images("train_images").flatten(1), arrays["train_labels"].long()
         x_test, y_test = images("test_images").flatten(1), arrays["test_labels"].long()
-        if len(x_train) != len(y_train) or len(x_test) != len(y_test):
-            raise ValueError(f"MNIST files in {self.data_dir} disagree on the number of images and labels")
         val, train = seeded_split(len(y_train), (self.val_size / len(y_train),), self.seed)
         return {
             "train": (x_train[train], y_train[train]),

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
-from .base import CorruptDataError, DataNotFoundError
+from .base import ConfigError, CorruptDataError, DataNotFoundError, PositiveInt, check_data_dir, check_positive
 
 __all__ = [
     "PTBDataModule",
@@ -53,19 +53,36 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # not \t \n \r
 
 def read_tokens(path: str | Path) -> list[str]:
     """Words of a PTB-format file, ``<eos>`` after every line; ``CorruptDataError`` naming the
-    file if it is not UTF-8 text, holds control bytes, or has no words."""
+    file if it is not UTF-8 text, holds control bytes, or has no words.
+
+    Lines end at ``\\n``, ``\\r\\n`` or ``\\r`` only (not at U+2028, U+0085 ...: those
+    separate words, like any Unicode space); a leading byte-order mark is dropped."""
     path = Path(path)
+    if path.is_dir():
+        raise CorruptDataError(f"{path} is a directory, expected PTB-format text (one sentence a line)")
     try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise CorruptDataError(f"{path} is not UTF-8 text ({err}); expected PTB-format text, one sentence a line") from err
+        raw = path.read_bytes()
     except OSError as err:
         raise CorruptDataError(f"cannot read {path}: {err}") from err
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise CorruptDataError(f"{path} is UTF-16 text, not UTF-8: save it as UTF-8 (one sentence a line)")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise CorruptDataError(
+            f"{path}:{line} is not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start}); "
+            "expected PTB-format text, one sentence a line"
+        ) from None
     bad = _CONTROL.search(text)
     if bad is not None:
-        raise CorruptDataError(f"{path} holds a control byte {bad.group()!r}: binary data, not PTB-format text")
+        line = text.count("\n", 0, bad.start()) + 1
+        raise CorruptDataError(f"{path}:{line} holds a control byte {bad.group()!r}: binary data, not PTB-format text")
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    if lines[-1] == "":  # the newline that ends the last line
+        lines.pop()
     tokens: list[str] = []
-    for line in text.splitlines():
+    for line in lines:
         tokens.extend(line.split())
         tokens.append(EOS)
     if len(tokens) == tokens.count(EOS):
@@ -181,24 +198,24 @@ class PTBDataModule(L.LightningDataModule):
     def __init__(
         self,
         data_dir: str = "data/ptb",
-        batch_size: int = 20,
-        bptt: int = 35,
-        eval_batch_size: Optional[int] = None,
+        batch_size: PositiveInt = 20,
+        bptt: PositiveInt = 35,
+        eval_batch_size: Optional[PositiveInt] = None,
         source: Literal["auto", "files", "hf"] = "auto",
         hf_name: str = "ptb_text_only",
         save_vocab: bool = True,
     ) -> None:
         super().__init__()
-        if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
-            raise ValueError(f"batch sizes must be >= 1, got {batch_size}, {eval_batch_size}")
-        if bptt < 1:
-            raise ValueError(f"bptt must be >= 1, got {bptt}")
+        check_positive("batch_size", batch_size)
+        check_positive("eval_batch_size", eval_batch_size, optional=True)
+        check_positive("bptt", bptt)
         if source not in ("auto", "files", "hf"):
-            raise ValueError(f"source must be 'auto', 'files' or 'hf', got {source!r}")
+            raise ConfigError(f"--data.source must be 'auto', 'files' or 'hf' (got {source!r})")
         self.data_dir = Path(data_dir)
         self.batch_size = batch_size
         self.bptt = bptt
         self.eval_batch_size = eval_batch_size or batch_size
+        self._eval_batch_size = eval_batch_size
         self.source = source
         self.hf_name = hf_name
         self.save_vocab = save_vocab
@@ -216,16 +233,20 @@ class PTBDataModule(L.LightningDataModule):
         return (
             f"Penn Treebank not found in {self.data_dir.resolve()} ({reason}). Expected the files {names} "
             "(Mikolov's simple-examples/data, one sentence a line) in that directory. Copy them there "
-            "(the project keeps a copy in shared/data/ptb: pass --data.data_dir ../shared/data/ptb), or "
+            "(this project's shared/data/ptb holds a copy) or point --data.data_dir at a folder that has them, or "
             f"run once with network access and --data.source auto|hf to download Hugging Face's "
             f"'{self.hf_name}' into {self.data_dir / HF_SUBDIR}."
         )
 
     def _folder(self, download: bool) -> Path:
         """The folder holding the three files, downloading them if allowed and needed."""
+        check_data_dir(self.data_dir)
         hf_dir = self.data_dir / HF_SUBDIR
         if self.source in ("auto", "files") and self._complete(self.data_dir):
             return self.data_dir
+        folders = [p for p in (self.data_dir / n for n in PTB_FILES.values()) if p.is_dir()]
+        if folders and self.source != "hf":  # a folder where a file should be: say so rather than "not found"
+            raise CorruptDataError(f"{folders[0]} is a directory, expected PTB-format text (one sentence a line)")
         if self.source == "files":
             raise DataNotFoundError(self._missing_message("source is 'files'"))
         if self._complete(hf_dir):
@@ -303,10 +324,14 @@ class PTBDataModule(L.LightningDataModule):
         self._load()
         rank, world_size = self._rank()
         batch_size = self.batch_size if split == "train" else self.eval_batch_size
-        try:
-            data = batchify(shard(self.streams[split], rank, world_size), batch_size)
-        except ValueError as err:
-            raise ValueError(f"PTB {split} split on {world_size} rank(s): {err}") from None
+        stream = shard(self.streams[split], rank, world_size)
+        if len(stream) // batch_size < 2:
+            arg = "eval_batch_size" if split != "train" and self._eval_batch_size is not None else "batch_size"
+            raise ConfigError(
+                f"--data.{arg} {batch_size} is too large for {self.folder / PTB_FILES[split]}: its {len(stream)} tokens "
+                f"(per rank, on {world_size}) give each of the {batch_size} rows fewer than 2 tokens; lower --data.{arg}"
+            )
+        data = batchify(stream, batch_size)
         return BPTTWindows(data, self.bptt)
 
     def _loader(self, split: str) -> DataLoader:

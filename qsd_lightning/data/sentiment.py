@@ -6,7 +6,9 @@ Batches are ``(tokens, lengths, labels)``: ``tokens`` a ``[B, T]`` LongTensor pa
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import lzma
 import math
@@ -24,7 +26,21 @@ from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .base import CorruptDataError, DataNotFoundError, SplitDataModule, seeded_split
+from jsonargparse.typing import restricted_number_type
+
+from .base import (
+    CorruptDataError,
+    DataNotFoundError,
+    HalfFraction,
+    NonNegativeInt,
+    PositiveInt,
+    SplitDataModule,
+    check_data_dir,
+    check_non_negative,
+    check_positive,
+    require,
+    seeded_split,
+)
 from .text import PAD_INDEX, TOKENIZER_VERSION, UNK_INDEX, Vocabulary, tokenize
 
 __all__ = ["SentimentDataModule", "EncodedTextDataset", "BucketBatchSampler", "pad_collate"]
@@ -37,6 +53,9 @@ _ACLIMDB_MEMBER = re.compile(r"(?:^|/)(train|test)/(pos|neg)/([^/]+\.txt)$")
 _LABELS = {"neg": 0, "pos": 1}
 _TEXT_COLUMNS = ("sentence", "text", "review")
 _OFFLINE_VALUES = {"1", "true", "yes", "on"}
+#: argument types the CLI checks while parsing (see ``qsd_lightning.cli_errors``)
+NumClasses = restricted_number_type("NumClasses", int, [(">=", 2)], docstring="a number of classes >= 2")
+VocabularySize = restricted_number_type("VocabularySize", int, [(">=", 3)], docstring="<pad>, <unk> and at least one token")
 
 
 class EncodedTextDataset(Dataset):
@@ -130,7 +149,8 @@ class SentimentDataModule(SplitDataModule):
     Sources (``format``; ``auto`` takes the first one found in ``data_dir``, in this order):
 
     * ``tsv``: GLUE-style ``train.tsv`` and optionally ``dev.tsv`` / ``test.tsv`` with a header
-      naming a ``sentence`` (or ``text``) column and a ``label`` column (integers from 0).
+      naming a ``sentence`` (or ``text``) column and a ``label`` column (integers 0 ..
+      ``num_classes - 1``; any other label is refused at load, naming the file and line).
       Splits: train = ``train.tsv``; validation = ``dev.tsv``, or a seeded ``val_fraction`` of
       train when there is none; test = ``test.tsv`` **if it has labels**. GLUE's test.tsv has
       none (header ``index<TAB>sentence``): it is then ignored, **dev.tsv becomes the test set and
@@ -164,31 +184,28 @@ class SentimentDataModule(SplitDataModule):
         self,
         data_dir: str = "data/imdb",
         format: Format = "auto",
-        max_vocab: int = 25000,
-        min_freq: int = 2,
-        max_length: int = 400,
-        batch_size: int = 64,
-        val_fraction: float = 0.1,
+        max_vocab: VocabularySize = 25000,
+        min_freq: PositiveInt = 2,
+        max_length: PositiveInt = 400,
+        batch_size: PositiveInt = 64,
+        val_fraction: HalfFraction = 0.1,
         seed: int = 0,
-        num_workers: int = 0,
+        num_workers: NonNegativeInt = 0,
         download: bool = True,
         bucket: bool = True,
         cache_dir: Optional[str] = None,
         hf_name: str = "stanfordnlp/imdb",
+        num_classes: NumClasses = 2,
     ) -> None:
         super().__init__()
-        if format not in ("auto", "aclimdb", "tsv", "hf"):
-            raise ValueError(f"format must be auto, aclimdb, tsv or hf, got {format!r}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if max_length < 1:
-            raise ValueError(f"max_length must be >= 1, got {max_length}")
-        if min_freq < 1:
-            raise ValueError(f"min_freq must be >= 1, got {min_freq}")
-        if max_vocab < 3:
-            raise ValueError(f"max_vocab must be >= 3 (<pad>, <unk> and one token), got {max_vocab}")
-        if not 0 < val_fraction < 0.5:
-            raise ValueError(f"val_fraction must be in (0, 0.5), got {val_fraction}")
+        require(format in ("auto", "aclimdb", "tsv", "hf"), "format", "must be auto, aclimdb, tsv or hf", format)
+        check_positive("batch_size", batch_size)
+        check_positive("max_length", max_length)
+        check_positive("min_freq", min_freq)
+        require(isinstance(max_vocab, int) and max_vocab >= 3, "max_vocab", "must be >= 3 (<pad>, <unk> and one token)", max_vocab)
+        require(isinstance(val_fraction, (int, float)) and 0 < val_fraction < 0.5, "val_fraction", "must be in (0, 0.5)", val_fraction)
+        check_non_negative("num_workers", num_workers)
+        require(isinstance(num_classes, int) and num_classes >= 2, "num_classes", "must be >= 2", num_classes)
         self.data_dir = Path(data_dir)
         self.format = format
         self.max_vocab = max_vocab
@@ -203,7 +220,7 @@ class SentimentDataModule(SplitDataModule):
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.hf_name = hf_name
         self.pad_index = PAD_INDEX
-        self.num_classes = 2
+        self.num_classes = num_classes
         self.vocab: Vocabulary | None = None
         self.vocab_size: int | None = None
         self.split_note = ""
@@ -230,8 +247,8 @@ class SentimentDataModule(SplitDataModule):
     def _locate(self) -> tuple[str, list[Path]] | None:
         """``(kind, files)`` of the first source found for ``format``, or None."""
         d = self.data_dir
-        if self.format in ("auto", "tsv") and (d / "train.tsv").is_file():
-            return "tsv", [p for p in (d / "train.tsv", d / "dev.tsv", d / "test.tsv") if p.is_file()]
+        if self.format in ("auto", "tsv") and (d / "train.tsv").exists():  # a directory is refused when read
+            return "tsv", [p for p in (d / "train.tsv", d / "dev.tsv", d / "test.tsv") if p.exists()]
         if self.format in ("auto", "aclimdb"):
             root = self._find_aclimdb_dir()
             if root is not None:
@@ -270,6 +287,7 @@ class SentimentDataModule(SplitDataModule):
 
     def _source_or_raise(self) -> tuple[str, list[Path]]:
         if self._source is None:
+            check_data_dir(self.data_dir)
             found = self._locate()
             if found is None:
                 reason = "directory does not exist" if not self.data_dir.exists() else "no matching files"
@@ -293,6 +311,7 @@ class SentimentDataModule(SplitDataModule):
 
     def prepare_data(self) -> None:
         """Rank 0: download when needed (``hf``) and build + save the vocabulary if absent."""
+        check_data_dir(self.data_dir)
         if self._locate() is None:
             if self.download and self.format in ("auto", "hf"):
                 self._download_hf()
@@ -317,8 +336,6 @@ class SentimentDataModule(SplitDataModule):
                     parts = self._read_hf()
                 self._raw = self._split_train(parts["train"], test=parts["test"])
                 self.split_note = f"train/val: seeded {self.val_fraction:g} split of the training set; test: test set"
-            labels = [y for _, ys in self._raw.values() for y in ys]
-            self.num_classes = max(2, max(labels) + 1)
         return self._raw
 
     def _split_train(self, train: Split, test: Split | None) -> dict[str, Split]:
@@ -337,9 +354,9 @@ class SentimentDataModule(SplitDataModule):
 
     def _read_tsv_splits(self, files: list[Path]) -> dict[str, Split]:
         by_name = {p.name: p for p in files}
-        train = _read_tsv(by_name["train.tsv"])
-        dev = _read_tsv(by_name["dev.tsv"]) if "dev.tsv" in by_name else None
-        test = _read_tsv(by_name["test.tsv"]) if "test.tsv" in by_name else None
+        train = _read_tsv(by_name["train.tsv"], self.num_classes)
+        dev = _read_tsv(by_name["dev.tsv"], self.num_classes) if "dev.tsv" in by_name else None
+        test = _read_tsv(by_name["test.tsv"], self.num_classes) if "test.tsv" in by_name else None
         if train[1] is None:
             raise CorruptDataError(f"{by_name['train.tsv']} has no 'label' column")
         if dev is not None and dev[1] is None:
@@ -364,9 +381,17 @@ class SentimentDataModule(SplitDataModule):
 
         try:
             ds = datasets.load_from_disk(str(self.hf_dir))
-            return {split: (list(ds[split]["text"]), [int(y) for y in ds[split]["label"]]) for split in ("train", "test")}
+            parts = {split: (list(ds[split]["text"]), [int(y) for y in ds[split]["label"]]) for split in ("train", "test")}
         except Exception as err:
             raise CorruptDataError(f"cannot read the Hugging Face dataset saved in {self.hf_dir}: {err}; delete it to download again") from err
+        for split, (_, labels) in parts.items():
+            bad = next((i for i, y in enumerate(labels) if not 0 <= y < self.num_classes), None)
+            if bad is not None:
+                raise CorruptDataError(
+                    f"{self.hf_dir}: {split} example {bad} has label {labels[bad]}, not one of the {self.num_classes} "
+                    f"classes 0..{self.num_classes - 1}; set --data.num_classes if the data has more classes"
+                )
+        return parts
 
     # ------------------------------------------------------------------ vocabulary
     def _vocab_settings(self) -> dict:
@@ -467,11 +492,22 @@ class SentimentDataModule(SplitDataModule):
 
 
 # ---------------------------------------------------------------------- file readers
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+
 def _decode(raw: bytes, name: str) -> str:
+    """UTF-8 text (a leading byte-order mark dropped); ``CorruptDataError`` naming the file,
+    line and byte otherwise."""
+    if raw.startswith(_UTF16_BOMS):
+        raise CorruptDataError(f"{name} is UTF-16 text, not UTF-8 (Excel's 'Unicode Text'?): save it as UTF-8")
     try:
-        return raw.decode("utf-8")
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        raise CorruptDataError(f"{name} is not valid UTF-8 ({err}): corrupt file?") from err
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise CorruptDataError(
+            f"{name}:{line} is not valid UTF-8 (byte 0x{raw[err.start]:02x} at offset {err.start}): "
+            "save the file as UTF-8, or download or copy it again"
+        ) from None
 
 
 def _collect(found: dict[tuple[str, int], list[tuple[str, str]]], origin: str) -> dict[str, Split]:
@@ -490,12 +526,20 @@ def _collect(found: dict[tuple[str, int], list[tuple[str, str]]], origin: str) -
     return out
 
 
+def _is_review(name: str) -> bool:
+    """A review file, not a hidden file such as macOS's ``._0_9.txt`` (AppleDouble metadata that
+    archives made on a Mac carry beside each file, also under ``__MACOSX/``)."""
+    return name.endswith(".txt") and not name.startswith(".")
+
+
 def _read_aclimdb_dir(root: Path) -> dict[str, Split]:
     found: dict[tuple[str, int], list[tuple[str, str]]] = {}
     for split in ("train", "test"):
         for label_name, label in _LABELS.items():
             docs = found.setdefault((split, label), [])
-            for path in sorted((root / split / label_name).glob("*.txt")):
+            for path in sorted((root / split / label_name).iterdir()):
+                if not (_is_review(path.name) and path.is_file()):
+                    continue
                 try:
                     raw = path.read_bytes()
                 except OSError as err:
@@ -510,7 +554,7 @@ def _read_aclimdb_archive(path: Path) -> dict[str, Split]:
         with tarfile.open(path, "r|*") as archive:  # streaming: one pass, no seeks
             for member in archive:
                 match = _ACLIMDB_MEMBER.search(member.name)
-                if not (match and member.isfile()):
+                if not (match and member.isfile() and _is_review(match.group(3))) or "__MACOSX/" in member.name:
                     continue
                 raw = archive.extractfile(member).read()
                 if len(raw) != member.size:
@@ -522,32 +566,69 @@ def _read_aclimdb_archive(path: Path) -> dict[str, Split]:
     return _collect(found, f"archive {path}")
 
 
-def _read_tsv(path: Path) -> tuple[list[str], list[int] | None]:
-    """Texts and labels (None when the header has no ``label`` column) of one TSV file."""
+_DIGITS = re.compile(r"[0-9]+")  # ASCII only: str.isdigit() also takes '²', '١' ...
+
+
+def _check_label(value: str, num_classes: int, where: str) -> int:
+    """The integer label in ``value``; ``CorruptDataError`` naming ``where`` unless it is one
+    of ``0 .. num_classes - 1`` written in ASCII digits."""
+    value = value.strip()
+    if not _DIGITS.fullmatch(value) or int(value) >= num_classes:
+        what = "empty label" if not value else f"label {value!r}"
+        raise CorruptDataError(
+            f"{where}: {what} is not one of the {num_classes} classes 0..{num_classes - 1}; fix the file, "
+            "or set --data.num_classes (and --model.num_classes) if the data has more classes"
+        )
+    return int(value)
+
+
+def _read_tsv(path: Path, num_classes: int = 2) -> tuple[list[str], list[int] | None]:
+    """Texts and labels (None when the header has no ``label`` column) of one TSV file.
+
+    GLUE's files are unquoted, tab-separated UTF-8 with a header line (SST-2: ``sentence<TAB>label``;
+    its test.tsv: ``index<TAB>sentence``). Read with the ``csv`` module (``QUOTE_NONE``), so only
+    ``\\n``, ``\\r\\n`` or ``\\r`` end a row: U+2028, U+0085, form feeds and the like stay
+    inside a sentence. A byte-order mark (Excel, Notepad) is dropped; a row with more fields
+    than the header has tabs inside its text, which are kept in the text column.
+    """
+    if path.is_dir():
+        raise CorruptDataError(f"{path} is a directory, expected a tab-separated text file")
     try:
-        lines = _decode(path.read_bytes(), str(path)).splitlines()
+        raw = path.read_bytes()
     except OSError as err:
         raise CorruptDataError(f"cannot read {path}: {err}") from err
-    if not lines:
-        raise CorruptDataError(f"{path} is empty (expected a 'sentence<TAB>label' header line)")
-    header = [h.strip().lower() for h in lines[0].split("\t")]
-    text_col = next((header.index(c) for c in _TEXT_COLUMNS if c in header), None)
-    if text_col is None:
-        raise CorruptDataError(f"{path}: header {lines[0]!r} names no 'sentence' column (expected 'sentence<TAB>label')")
-    label_col = header.index("label") if "label" in header else None
-    texts, labels = [], []
-    for lineno, line in enumerate(lines[1:], start=2):
-        if not line.strip():
-            continue
-        fields = line.split("\t")
-        if len(fields) != len(header):
-            raise CorruptDataError(f"{path}:{lineno}: {len(fields)} tab-separated fields, header has {len(header)}: truncated or corrupt?")
-        texts.append(fields[text_col].strip())
-        if label_col is not None:
-            value = fields[label_col].strip()
-            if not value.isdigit():
-                raise CorruptDataError(f"{path}:{lineno}: label {value!r} is not an integer >= 0")
-            labels.append(int(value))
+    text = _decode(raw, str(path))
+    if "\x00" in text:
+        line = text.count("\n", 0, text.index("\x00")) + 1
+        raise CorruptDataError(f"{path}:{line} holds a NUL byte: a binary (or UTF-16) file, not UTF-8 text")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE, strict=True)
+    rows = ((reader.line_num, row) for row in reader if any(field.strip() for field in row))
+    try:
+        _, header_row = next(rows, (0, None))
+        if header_row is None:
+            raise CorruptDataError(f"{path} is empty (expected a 'sentence<TAB>label' header line)")
+        header = [h.strip().lower() for h in header_row]
+        text_col = next((header.index(c) for c in _TEXT_COLUMNS if c in header), None)
+        if text_col is None:
+            raise CorruptDataError(
+                f"{path}: header {chr(9).join(header_row)!r} names no 'sentence' column (expected 'sentence<TAB>label')"
+            )
+        label_col = header.index("label") if "label" in header else None
+        after = len(header) - text_col - 1  # columns after the text: extra fields belong to the text
+        texts, labels = [], []
+        for lineno, fields in rows:
+            if len(fields) < len(header):
+                raise CorruptDataError(
+                    f"{path}:{lineno}: {len(fields)} tab-separated field(s), the header has {len(header)}: truncated or corrupt?"
+                )
+            extra = len(fields) - len(header)
+            if extra:
+                fields = fields[:text_col] + ["\t".join(fields[text_col : text_col + 1 + extra])] + fields[len(fields) - after :]
+            texts.append(fields[text_col].strip())
+            if label_col is not None:
+                labels.append(_check_label(fields[label_col], num_classes, f"{path}:{lineno}"))
+    except csv.Error as err:  # a field over csv's size limit (131,072 characters)
+        raise CorruptDataError(f"{path}:{reader.line_num}: {err}") from None
     if not texts:
         raise CorruptDataError(f"{path} has a header but no examples")
     return texts, labels if label_col is not None else None
