@@ -297,8 +297,20 @@ def main(args: list[str] | None = None) -> None:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
     except Exception as err:
-        message = runtime_user_error(err)
+        cause = _user_error_cause(err)
+        message = str(cause) if cause is not None else runtime_user_error(err)
         if message is None:
             raise
         print(f"error: {message}", file=sys.stderr)
         raise SystemExit(1) from None
+
+
+def _user_error_cause(err: BaseException) -> UserError | None:
+    """A user error wrapped by a library (jsonargparse wraps what a constructor raises)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, UserError):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
