@@ -1,9 +1,14 @@
 """Compiled CPU kernels of the fast release path (float32 / float64, elementwise masks).
 
 A small C file, compiled on first use with the system C compiler (``$CC``, else ``cc``) into
-a per-user cache (``$QSD_KERNEL_CACHE`` or ``~/.cache/qsd_lightning``) and loaded with
-ctypes; no build step at install time. Where no compiler works (or with ``QSD_CKERNEL=0``)
-everything falls back to the eager torch ops of :mod:`.fast`, with the same results.
+a per-user cache (``$QSD_KERNEL_CACHE`` or ``~/.cache/qsd_lightning``, created mode 0o700)
+and loaded with ctypes; no build step at install time. Only a library this user built is
+loaded: a cache directory that is not the user's own, or that others can write, is not used
+(a warning; the kernel is compiled in a private temporary directory), and a cached library
+is loaded only if it is the user's, writable by no one else, and has the SHA-256 recorded
+when it was built (else a warning, and it is rebuilt). Where no compiler works (or with
+``QSD_CKERNEL=0``) everything falls back to the eager torch ops of :mod:`.fast`, with the
+same results.
 
 * ``qsd_fwd``: one pass that draws the mask and scales: for element i with unit j = i mod U,
   K_i < T_j decides release (T_j = ceil(p_j 2^24), as :func:`.fast.thresholds`) and
@@ -20,11 +25,14 @@ The products are exactly the reference's ``x * (m * c).to(dtype)``, bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
 import platform
+import re
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -334,22 +342,229 @@ def _cpu_signature() -> str:
     return text
 
 
-def _compile(workdir: Path, target: Path) -> None:
+class KernelCacheWarning(UserWarning):
+    """The kernel cache was not used, or a cached kernel not loaded, for safety."""
+
+
+class _Untrusted(Exception):
+    """A cached file this user must not load code from."""
+
+
+def _warn(message: str) -> None:
+    warnings.warn(f"qsd_lightning: {message}", KernelCacheWarning, stacklevel=4)
+
+
+def _cache_key() -> str:
+    """Names the kernel: changes with the C source, the CPU (model and flags) and the Python."""
+    return hashlib.sha256((_SOURCE + _cpu_signature() + sys.version).encode()).hexdigest()[:16]
+
+
+def _compile(workdir: Path) -> Path:
+    """Compiles the kernel in ``workdir`` (a private directory); returns the library's path.
+    Relative names, so the same compiler builds the same bytes in any directory."""
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if cc is None:
         raise RuntimeError("no C compiler found (set CC)")
-    src = workdir / "qsd_kernels.c"
-    src.write_text(_SOURCE)
-    base = [cc, "-O3", "-std=c11", "-fPIC", "-shared", "-fno-math-errno", str(src), "-lm", "-o"]
+    (workdir / "qsd_kernels.c").write_text(_SOURCE)
+    base = [cc, "-O3", "-std=c11", "-fPIC", "-shared", "-fno-math-errno", "qsd_kernels.c", "-lm", "-o", "qsd_kernels.so"]
     errors = []
     for extra in (["-march=native", "-fopenmp"], ["-march=native"], ["-fopenmp"], []):
-        out = workdir / "qsd_kernels.so"
-        proc = subprocess.run(base + [str(out)] + extra, capture_output=True, text=True)
+        proc = subprocess.run(base + extra, cwd=workdir, capture_output=True, text=True)
         if proc.returncode == 0:
-            os.replace(out, target)
-            return
+            out = workdir / "qsd_kernels.so"
+            os.chmod(out, 0o700)
+            return out
         errors.append(proc.stderr.strip()[-500:])
     raise RuntimeError("C compiler failed: " + " | ".join(errors))
+
+
+# ---------------------------------------------------------------- the cache: trust nothing
+# Loading a library runs its constructors, so only code this user built is loaded: the cache
+# directory must be this user's and writable by nobody else (its parents this user's or
+# root's, and not writable by others unless sticky, like /tmp); each library is recorded with
+# the SHA-256 of the bytes compiled, in a sidecar written atomically, and the file loaded is
+# the very file (open descriptor, same inode) whose bytes were hashed and matched. An unsafe
+# cache is not used (one warning; the kernel is compiled in a fresh private directory); an
+# untrusted cached file is not loaded (one warning; the kernel is rebuilt).
+
+
+def _dir_problem(path: Path) -> str | None:
+    """Why ``path`` (absolute, symlinks resolved) is not safe to load code from, or None."""
+    uid = os.geteuid()
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{path} is not a directory"
+    if st.st_uid != uid:
+        return f"{path} is owned by uid {st.st_uid}, not by you (uid {uid})"
+    if st.st_mode & 0o022:
+        return f"{path} is writable by group/others (mode {stat.S_IMODE(st.st_mode):o})"
+    home = os.path.realpath(os.path.expanduser("~"))
+    for parent in path.parents:
+        st = os.lstat(parent)
+        if st.st_uid not in (uid, 0):
+            return f"its parent {parent} is owned by uid {st.st_uid}"
+        if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+            return f"its parent {parent} is writable by group/others"
+        if str(parent) == home:  # as ssh does: above one's home is the system's business
+            break
+    return None
+
+
+def _cache_dir() -> tuple[Path | None, str]:
+    """(the cache directory, created mode 0o700 and symlinks resolved, or None when it is
+    not safe; the configured path or why it is not safe)."""
+    configured = os.environ.get("QSD_KERNEL_CACHE") or str(Path.home() / ".cache" / "qsd_lightning")
+    configured = os.path.abspath(os.path.expanduser(configured))
+    try:
+        missing = []
+        head = configured
+        while not os.path.lexists(head) and os.path.dirname(head) != head:
+            missing.append(head)
+            head = os.path.dirname(head)
+        for d in reversed(missing):  # what we create, only we can write
+            try:
+                os.mkdir(d, 0o700)
+            except FileExistsError:
+                pass
+        real = Path(os.path.realpath(configured))
+        problem = _dir_problem(real)
+    except OSError as err:
+        return None, f"cannot use the kernel cache {configured} ({err})"
+    if problem is not None:
+        return None, f"not using the kernel cache {configured}: {problem}"
+    return real, configured
+
+
+def _open_own_file(path: Path) -> int:
+    """A read-only descriptor on ``path``, a regular file (not a link) of this user that no
+    one else can write; _Untrusted otherwise, FileNotFoundError if absent."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise
+    except OSError as err:
+        raise _Untrusted(f"cannot open {path} ({err.strerror or err})") from None
+    st = os.fstat(fd)
+    problem = None
+    if not stat.S_ISREG(st.st_mode):
+        problem = "is not a regular file"
+    elif st.st_uid != os.geteuid():
+        problem = f"is owned by uid {st.st_uid}, not by you (uid {os.geteuid()})"
+    elif st.st_mode & 0o022:
+        problem = f"is writable by group/others (mode {stat.S_IMODE(st.st_mode):o})"
+    if problem:
+        os.close(fd)
+        raise _Untrusted(f"{path} {problem}")
+    return fd
+
+
+def _read_fd(fd: int, limit: int = 1 << 30) -> bytes:
+    chunks, size = [], 0
+    while size <= limit:
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        size += len(chunk)
+    raise _Untrusted("file too large")
+
+
+def _dlopen_verified(path: Path, digest: str) -> ctypes.CDLL:
+    """Loads ``path`` if its bytes have SHA-256 ``digest``: the bytes hashed are read from the
+    descriptor that is loaded (/proc/self/fd), and only this user can write the file."""
+    fd = _open_own_file(path)
+    try:
+        if hashlib.sha256(_read_fd(fd)).hexdigest() != digest:
+            raise _Untrusted(f"{path} does not match the SHA-256 recorded when it was built")
+        by_fd = f"/proc/self/fd/{fd}"
+        return ctypes.CDLL(by_fd if os.path.exists(by_fd) else str(path))
+    finally:
+        os.close(fd)
+
+
+def _record_path(cache: Path, key: str) -> Path:
+    return cache / f"qsd_kernels_{key}.sha256"
+
+
+def _library_path(cache: Path, key: str, digest: str) -> Path:
+    return cache / f"qsd_kernels_{key}_{digest[:16]}.so"
+
+
+def _load_cached(cache: Path, key: str) -> ctypes.CDLL | None:
+    """The recorded kernel of ``key`` in ``cache``; None if none is recorded; _Untrusted if
+    the record or the library is not what this user built."""
+    record = _record_path(cache, key)
+    try:
+        fd = _open_own_file(record)
+    except FileNotFoundError:
+        return None
+    try:
+        digest = _read_fd(fd, limit=4096).decode("ascii", "replace").strip()
+    finally:
+        os.close(fd)
+    if not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise _Untrusted(f"{record} is not a SHA-256 record")
+    try:
+        return _dlopen_verified(_library_path(cache, key, digest), digest)
+    except FileNotFoundError:
+        return None
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)  # mode 0o600
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _build(cache: Path, key: str) -> ctypes.CDLL:
+    """Compiles the kernel into ``cache`` (safe), records its SHA-256, and loads it verified.
+    The library's name carries its hash and the record is replaced atomically, so processes
+    building at once never pair a record with another build's library."""
+    workdir = Path(tempfile.mkdtemp(prefix=".build-", dir=cache))
+    try:
+        built = _compile(workdir)
+        digest = hashlib.sha256(built.read_bytes()).hexdigest()
+        library = _library_path(cache, key, digest)
+        os.replace(built, library)
+        _write_atomic(_record_path(cache, key), digest + "\n")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return _dlopen_verified(library, digest)
+
+
+def _build_private(key: str) -> ctypes.CDLL:
+    """Compiles and loads the kernel in a fresh private temporary directory, then removes it."""
+    tmp = Path(os.path.realpath(tempfile.mkdtemp(prefix="qsd_kernels_")))
+    try:
+        problem = _dir_problem(tmp)
+        if problem is not None:
+            raise RuntimeError(f"no private directory to compile in ({problem})")
+        return _build(tmp, key)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _open_library() -> ctypes.CDLL:
+    key = _cache_key()
+    cache, note = _cache_dir()
+    if cache is None:
+        _warn(f"{note}; compiling the kernel in a private temporary directory instead "
+              "(set QSD_KERNEL_CACHE to a directory only you can write)")
+        return _build_private(key)
+    try:
+        lib = _load_cached(cache, key)
+    except _Untrusted as err:
+        _warn(f"not loading the cached kernel: {err}; rebuilding it")
+        lib = None
+    return lib if lib is not None else _build(cache, key)
 
 
 def _load() -> ctypes.CDLL | None:
@@ -362,14 +577,7 @@ def _load() -> ctypes.CDLL | None:
         try:
             if sys.platform == "win32":
                 raise RuntimeError("disabled")
-            key = hashlib.sha256((_SOURCE + _cpu_signature() + sys.version).encode()).hexdigest()[:16]
-            cache = Path(os.environ.get("QSD_KERNEL_CACHE") or Path.home() / ".cache" / "qsd_lightning")
-            target = cache / f"qsd_kernels_{key}.so"
-            if not target.exists():
-                cache.mkdir(parents=True, exist_ok=True)
-                with tempfile.TemporaryDirectory(dir=cache) as tmp:
-                    _compile(Path(tmp), target)
-            lib = ctypes.CDLL(str(target))
+            lib = _open_library()
             i64, u64, ptr, cint = ctypes.c_int64, ctypes.c_uint64, ctypes.c_void_p, ctypes.c_int
             for suf in _SUFFIX.values():
                 getattr(lib, f"qsd_fwd_{suf}").argtypes = [ptr, ptr, ptr, i64, i64, ptr, i64, ptr, i64, u64, u64, cint]
@@ -385,7 +593,7 @@ def _load() -> ctypes.CDLL | None:
             lib.qsd_uniform24.argtypes = [u64, u64, i64, i64, ptr]
             lib.qsd_uniform24.restype = None
             _lib = lib
-        except Exception as err:  # no compiler, no write access, ...: eager fallback
+        except Exception as err:  # no compiler, no private directory, ...: eager fallback
             if str(err) != "disabled":
                 warnings.warn(f"qsd_lightning: fused CPU kernel unavailable ({err}); using eager torch ops", stacklevel=3)
             _lib = None
