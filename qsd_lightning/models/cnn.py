@@ -14,6 +14,8 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..errors import ConfigError
+
 from .mlp import RegulariserFactory, _identity_factory
 
 __all__ = ["ConvNet", "WideResNet", "WideBasicBlock"]
@@ -56,12 +58,12 @@ class ConvNet(nn.Module):
     ) -> None:
         super().__init__()
         if not channels:
-            raise ValueError("channels must name at least one conv block")
+            raise ConfigError("channels must name at least one conv block")
         if convs_per_block < 1:
-            raise ValueError(f"convs_per_block must be >= 1, got {convs_per_block}")
+            raise ConfigError(f"convs_per_block must be >= 1, got {convs_per_block}")
         side = image_size // 2 ** len(channels)
         if side < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"{len(channels)} conv blocks halve a {image_size}x{image_size} image to nothing; "
                 "use fewer blocks or a larger image_size"
             )
@@ -145,9 +147,9 @@ class WideResNet(nn.Module):
     ) -> None:
         super().__init__()
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 10 or (depth - 4) % 6 != 0:
-            raise ValueError(f"WideResNet depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, 40, ...), got {depth!r}")
+            raise ConfigError(f"WideResNet depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, 40, ...), got {depth!r}")
         if widen_factor < 1:
-            raise ValueError(f"widen_factor must be >= 1, got {widen_factor!r}")
+            raise ConfigError(f"widen_factor must be >= 1, got {widen_factor!r}")
         n = (depth - 4) // 6
         widths = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
         self.depth, self.widen_factor = depth, widen_factor

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from ..errors import ConfigError
 from ..regularisers.variants import EmbeddingDropout, apply_weight_drop, embedded
 from .recurrent import run_recurrent
 
@@ -63,9 +64,9 @@ class LSTMLanguageModel(nn.Module):
         for name, value in (("vocab_size", vocab_size), ("embedding_size", embedding_size),
                             ("hidden_size", hidden_size), ("num_layers", num_layers)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
         if tie_weights and hidden_size != embedding_size:
-            raise ValueError(
+            raise ConfigError(
                 f"tie_weights needs hidden_size == embedding_size (the decoder reuses the "
                 f"embedding weight), got hidden_size={hidden_size}, embedding_size={embedding_size}"
             )

@@ -6,6 +6,8 @@ from typing import Callable, Sequence
 
 from torch import Tensor, nn
 
+from ..errors import ConfigError
+
 #: builds the regulariser of one site from that site's rate
 RegulariserFactory = Callable[[float], nn.Module]
 
@@ -38,7 +40,7 @@ class MLP(nn.Module):
     ) -> None:
         super().__init__()
         if not hidden_sizes:
-            raise ValueError("hidden_sizes must name at least one hidden layer")
+            raise ConfigError("hidden_sizes must name at least one hidden layer")
 
         def site(rate: float) -> nn.Module:
             return regulariser(rate) if rate > 0 else nn.Identity()

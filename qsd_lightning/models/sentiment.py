@@ -8,6 +8,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from ..errors import ConfigError
+
 from .mlp import RegulariserFactory, _identity_factory
 from .recurrent import run_recurrent
 
@@ -56,11 +58,11 @@ class RecurrentClassifier(nn.Module):
     ) -> None:
         super().__init__()
         if cell not in ("lstm", "gru"):
-            raise ValueError(f"cell must be 'lstm' or 'gru', got {cell!r}")
+            raise ConfigError(f"cell must be 'lstm' or 'gru', got {cell!r}")
         if pooling not in ("last", "max", "mean"):
-            raise ValueError(f"pooling must be 'last', 'max' or 'mean', got {pooling!r}")
+            raise ConfigError(f"pooling must be 'last', 'max' or 'mean', got {pooling!r}")
         if vocab_size < 2 or num_layers < 1 or embedding_dim < 1 or hidden_size < 1:
-            raise ValueError("vocab_size must be >= 2 and num_layers, embedding_dim, hidden_size >= 1")
+            raise ConfigError("vocab_size must be >= 2 and num_layers, embedding_dim, hidden_size >= 1")
         self.cell, self.pooling, self.padding_idx = cell, pooling, padding_idx
         directions = 2 if bidirectional else 1
         rnn_cls = nn.LSTM if cell == "lstm" else nn.GRU

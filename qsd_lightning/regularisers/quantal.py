@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from typing import Any, Literal, Optional, Sequence
 
 import torch
@@ -18,16 +19,62 @@ from .functional import (
     release,
     unit_and_mask_shapes,
 )
+from ..errors import ConfigError
 from .registry import register
-from .types import NonNegative, Precision, Rate
+from .types import Dim, NonNegative, Precision, Rate
 
-__all__ = ["QSD", "Dropout", "NoRegulariser"]
+__all__ = ["QSD", "Dropout", "NoRegulariser", "check_site_dims"]
 
 Mode = Literal["release", "size", "independent", "coupled"]
 
 
-def _dims(dims: Sequence[int] | None) -> tuple[int, ...] | None:
-    return None if dims is None else tuple(int(d) for d in dims)
+def _dims(dims: Sequence[int] | None, name: str) -> tuple[int, ...] | None:
+    """``dims`` as a tuple of ints; ``ConfigError`` for dim 0 (the batch) or a non-integer."""
+    if dims is None:
+        return None
+    try:
+        if isinstance(dims, str) or any(isinstance(d, bool) for d in dims):
+            raise TypeError
+        out = tuple(operator.index(d) for d in dims)
+    except TypeError:
+        raise ConfigError(f"{name} must be a list of dims (integers other than 0), e.g. [1] or [2, 3]; got {dims!r}") from None
+    if 0 in out:
+        raise ConfigError(
+            f"{name} {list(out)} names dim 0, the batch: dims count from 1 (or from the end: -1 is the last)"
+        )
+    return out
+
+
+def check_site_dims(module, dims_names: Sequence[str], where: str, option: str = "") -> None:
+    """``ConfigError`` unless ``module``'s ``unit_dims`` / ``locked_dims`` fit the inputs it
+    will see: ``dims_names`` names their dims (``("batch", "features")``), ``where`` says which
+    inputs they are and ``option`` how the user set the regulariser (``--model.regulariser``),
+    for the message. Modules without these attributes pass."""
+    ndim = len(dims_names)
+    given = {"unit_dims": getattr(module, "unit_dims", None), "locked_dims": getattr(module, "locked_dims", None) or ()}
+    prefix = f"{option}." if option else ""
+    shape = "[" + ", ".join(dims_names) + "]"
+    valid = " or ".join(f"{d} ({dims_names[d]})" for d in range(1, ndim))
+    normalised = {}
+    for name, dims in given.items():
+        if dims is None:
+            continue
+        out = set()
+        for d in dims:
+            dd = d + ndim if d < 0 else d
+            if not 0 < dd < ndim:
+                raise ConfigError(
+                    f"{prefix}{name} {list(dims)} does not fit {where}: they are {shape}, so a dim can be only "
+                    f"{valid} (negative dims count from the end; 0 is the batch)"
+                )
+            out.add(dd)
+        normalised[name] = out
+    both = normalised.get("unit_dims", set()) & normalised.get("locked_dims", set())
+    if both:
+        raise ConfigError(
+            f"{prefix}unit_dims {list(given['unit_dims'])} and {prefix}locked_dims {list(given['locked_dims'])} both name "
+            f"dim {min(both)} ({dims_names[min(both)]}) of {where} {shape}: a dim either indexes units or is locked, not both"
+        )
 
 
 def draw_and_release(x: Tensor, rate: float, gamma, mode: str, unit_shape, mask_shape):
@@ -51,8 +98,13 @@ class _MaskedRegulariser(Regulariser):
         self, rate: float, unit_dims: Sequence[int] | None = None, locked_dims: Sequence[int] = ()
     ) -> None:
         super().__init__(rate)
-        self.unit_dims = _dims(unit_dims)
-        self.locked_dims = _dims(locked_dims) or ()
+        self.unit_dims = _dims(unit_dims, "unit_dims")
+        self.locked_dims = _dims(locked_dims, "locked_dims") or ()
+        if self.unit_dims is not None and set(self.unit_dims) & set(self.locked_dims):
+            raise ConfigError(
+                f"unit_dims {list(self.unit_dims)} and locked_dims {list(self.locked_dims)} overlap: a dim either "
+                "indexes units (own release probabilities) or shares one mask entry (locked), not both"
+            )
 
     def config(self) -> dict[str, Any]:
         cfg = super().config()
@@ -110,8 +162,8 @@ class QSD(_MaskedRegulariser):
         gamma: Optional[Precision] = 16.0,
         mode: Mode = "coupled",
         gamma_step: NonNegative = 0.0,
-        unit_dims: Optional[Sequence[int]] = None,
-        locked_dims: Sequence[int] = (),
+        unit_dims: Optional[Sequence[Dim]] = None,
+        locked_dims: Sequence[Dim] = (),
     ) -> None:
         super().__init__(rate, unit_dims, locked_dims)
         self.gamma = check_gamma(gamma)
@@ -158,7 +210,7 @@ class Dropout(_MaskedRegulariser):
     """
 
     def __init__(
-        self, rate: Rate = 0.5, unit_dims: Optional[Sequence[int]] = None, locked_dims: Sequence[int] = ()
+        self, rate: Rate = 0.5, unit_dims: Optional[Sequence[Dim]] = None, locked_dims: Sequence[Dim] = ()
     ) -> None:
         super().__init__(rate, unit_dims, locked_dims)
 

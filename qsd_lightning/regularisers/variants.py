@@ -37,7 +37,7 @@ from .base import Regulariser, ReleaseStatistics
 from .functional import unit_and_mask_shapes
 from .quantal import Dropout, _MaskedRegulariser, draw_and_release
 from .registry import register
-from .types import Rate
+from .types import Dim, Rate
 
 __all__ = [
     "GaussianDropout",
@@ -61,7 +61,7 @@ class GaussianDropout(_MaskedRegulariser):
     """
 
     def __init__(
-        self, rate: Rate = 0.5, unit_dims: Optional[Sequence[int]] = None, locked_dims: Sequence[int] = ()
+        self, rate: Rate = 0.5, unit_dims: Optional[Sequence[Dim]] = None, locked_dims: Sequence[Dim] = ()
     ) -> None:
         super().__init__(rate, unit_dims, locked_dims)
 

@@ -8,14 +8,17 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from jsonargparse import lazy_instance
+from jsonargparse.typing import PositiveInt
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from ..errors import ConfigError
 from ..models import MLP
 from ..regularisers import Dropout, Regulariser, materialise, site_factory
 from ..regularisers.types import Rate
-from .optim import configure_optimizers
+from .checks import NumClasses, check_not_empty, check_num_classes, check_sites, datamodule_of
+from .optim import check_optimizer, configure_optimizers
 
 __all__ = ["ClassificationTask", "MLPClassifier"]
 
@@ -25,7 +28,9 @@ class ClassificationTask(L.LightningModule):
 
     Logs ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``, ``test/loss``, ``test/acc``.
     Optimiser and scheduler are injected (``optimizer:`` / ``lr_scheduler:`` in the config).
-    A non-finite training loss stops the run with the step at which it happened.
+    A non-finite training loss stops the run with the step at which it happened. At setup the
+    data module's ``num_classes`` (when it has one) must equal the model's, and the first batch
+    of inputs must have the shape the network expects (:meth:`check_inputs`).
     """
 
     def __init__(
@@ -36,8 +41,10 @@ class ClassificationTask(L.LightningModule):
         lr_scheduler: Optional[LRSchedulerCallable] = None,
     ) -> None:
         super().__init__()
+        check_optimizer(optimizer, lr_scheduler)
         self.net = net
         self.num_classes = num_classes
+        self._inputs_checked = False
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.metrics = nn.ModuleDict(
@@ -47,8 +54,18 @@ class ClassificationTask(L.LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 
+    def setup(self, stage: str) -> None:
+        check_num_classes(datamodule_of(self), self.num_classes)
+
+    def check_inputs(self, x) -> None:
+        """``ConfigError`` naming the option to change if a batch ``x`` does not fit the network
+        (checked on the first batch; subclasses that know their input shape override it)."""
+
     def _shared_step(self, batch, stage: str) -> Tensor:
         x, y = batch
+        if not self._inputs_checked:
+            self.check_inputs(x)
+            self._inputs_checked = True
         logits = self(x)
         loss = F.cross_entropy(logits.float(), y)
         if stage == "train" and not torch.isfinite(loss):
@@ -98,9 +115,9 @@ class MLPClassifier(ClassificationTask):
 
     def __init__(
         self,
-        in_features: int = 64,
-        num_classes: int = 10,
-        hidden_sizes: list[int] = [100, 100],
+        in_features: PositiveInt = 64,
+        num_classes: NumClasses = 10,
+        hidden_sizes: list[PositiveInt] = [100, 100],
         regulariser: Regulariser = lazy_instance(Dropout, rate=0.5),
         input_rate: Rate = 0.0,
         hidden_rate: Optional[Rate] = None,
@@ -109,17 +126,40 @@ class MLPClassifier(ClassificationTask):
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
     ) -> None:
+        check_not_empty(hidden_sizes, "--model.hidden_sizes", "[100, 100]")
         regulariser = materialise(regulariser)
         default_rate = regulariser.rate
+        factory = site_factory(regulariser)
+        rates = (input_rate, default_rate if hidden_rate is None else hidden_rate, default_rate if output_rate is None else output_rate)
+        for rate in rates:
+            check_sites(factory, rate, ("batch", "features"), "the inputs of the MLP's regulariser sites")
         net = MLP(
             in_features,
             num_classes,
             hidden_sizes,
-            regulariser=site_factory(regulariser),
-            input_rate=input_rate,
-            hidden_rate=default_rate if hidden_rate is None else hidden_rate,
-            output_rate=default_rate if output_rate is None else output_rate,
+            regulariser=factory,
+            input_rate=rates[0],
+            hidden_rate=rates[1],
+            output_rate=rates[2],
             batch_norm=batch_norm,
         )
         super().__init__(net, num_classes, optimizer, lr_scheduler)
+        self.in_features = in_features
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+
+    def setup(self, stage: str) -> None:
+        data_features = getattr(datamodule_of(self), "num_features", None)
+        if isinstance(data_features, int) and not isinstance(data_features, bool) and data_features > 0:
+            self._check_features(data_features)
+        super().setup(stage)
+
+    def _check_features(self, data_features: int, shape: str = "") -> None:
+        if data_features != self.in_features:
+            raise ConfigError(
+                f"the data has {data_features} features{shape}, the model expects {self.in_features}: "
+                f"set --model.in_features {data_features}"
+            )
+
+    def check_inputs(self, x) -> None:
+        if isinstance(x, Tensor) and x.ndim >= 2:
+            self._check_features(int(x[0].numel()), f" (inputs of shape {list(x.shape[1:])})" if x.ndim > 2 else "")

@@ -9,6 +9,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from jsonargparse import lazy_instance
+from jsonargparse.typing import PositiveInt
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
@@ -18,7 +19,8 @@ from ..regularisers import Dropout, NoRegulariser, Regulariser, materialise
 from ..regularisers.types import Rate
 from ..regularisers.variants import LockedDropout, WeightDrop
 from ..errors import ConfigError
-from .optim import configure_optimizers
+from .checks import check_sites
+from .optim import check_optimizer, configure_optimizers
 
 __all__ = ["LanguageModel", "VocabularyMismatchError"]
 
@@ -36,12 +38,12 @@ def _site_factory(template: Regulariser, locked: bool):
         return lambda rate: template.clone(rate=rate)
     if isinstance(template, LockedDropout):
         if template.time_dim != 1:
-            raise ValueError(f"locked=true needs time_dim=1 (batch-first), got {template!r}")
+            raise ConfigError(f"--model.locked=true needs time_dim=1 (batch-first), got {template!r}")
         return lambda rate: template.clone(rate=rate)
     params = inspect.signature(type(template)).parameters
     if "locked_dims" not in params or "unit_dims" not in params:
-        raise ValueError(
-            f"locked=true needs a regulariser with locked_dims and unit_dims arguments "
+        raise ConfigError(
+            f"--model.locked=true needs a regulariser with locked_dims and unit_dims arguments "
             f"(dropout, qsd, gaussian_dropout, locked_dropout); {template!r} has none"
         )
     return lambda rate: template.clone(rate=rate, locked_dims=(1,), unit_dims=(-1,))
@@ -87,10 +89,10 @@ class LanguageModel(L.LightningModule):
 
     def __init__(
         self,
-        vocab_size: int = 10000,
-        embedding_size: int = 650,
-        hidden_size: int = 650,
-        num_layers: int = 2,
+        vocab_size: PositiveInt = 10000,
+        embedding_size: PositiveInt = 650,
+        hidden_size: PositiveInt = 650,
+        num_layers: PositiveInt = 2,
         tie_weights: bool = False,
         regulariser: Regulariser = lazy_instance(Dropout, rate=0.5),
         embedding_regulariser: Optional[Regulariser] = None,
@@ -109,6 +111,13 @@ class LanguageModel(L.LightningModule):
         lr_scheduler: Optional[LRSchedulerCallable] = None,
     ) -> None:
         super().__init__()
+        check_optimizer(optimizer, lr_scheduler)
+        if tie_weights and hidden_size != embedding_size:
+            raise ConfigError(
+                f"--model.tie_weights true needs --model.hidden_size equal to --model.embedding_size (the decoder "
+                f"reuses the embedding weight), got {hidden_size} and {embedding_size}: make them equal or set "
+                "--model.tie_weights false"
+            )
 
         regulariser = materialise(regulariser)
 
@@ -121,6 +130,14 @@ class LanguageModel(L.LightningModule):
         hidden_factory, hidden_rate_ = site(hidden_regulariser, hidden_rate)
         output_factory, output_rate_ = site(output_regulariser, output_rate)
         weight_drop_template = materialise(weight_drop_regulariser) if weight_drop_regulariser is not None else WeightDrop(0.0)
+        sequence = ("batch", "time", "features")
+        for name, factory, rate in (("embedding", embedding_factory, embedding_rate_), ("hidden", hidden_factory, hidden_rate_),
+                                    ("output", output_factory, output_rate_)):
+            own = {"embedding": embedding_regulariser, "hidden": hidden_regulariser, "output": output_regulariser}[name]
+            option = f"--model.{name}_regulariser" if own is not None else "--model.regulariser"
+            check_sites(factory, rate, sequence, f"the {name} site's inputs (batch-first sequences)", option)
+        check_sites(lambda rate: weight_drop_template.clone(rate=rate), weight_drop_rate, ("output rows", "input columns"),
+                    "the recurrent weights it drops (weight_hh [4 hidden, hidden])", "--model.weight_drop_regulariser")
         self.net = LSTMLanguageModel(
             vocab_size,
             embedding_size,

@@ -7,12 +7,15 @@ from typing import Literal, Optional
 
 import torch
 from jsonargparse import lazy_instance
+from jsonargparse.typing import PositiveInt
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from ..models.sentiment import RecurrentClassifier
 from ..regularisers import Dropout, NoRegulariser, Regulariser, materialise, name_of, site_factory
 from ..regularisers.types import Rate
+from .checks import NumClasses, check_sites
 from .classification import ClassificationTask
 from .language_model import VocabularyMismatchError
 
@@ -37,7 +40,7 @@ def sequence_site_factory(template: Regulariser, locked: bool = False):
             overrides["locked_dims"] = (1,)
         elif tuple(getattr(template, "locked_dims", ())) != (1,):  # e.g. locked_dropout: locked already
             name = name_of(template) or type(template).__name__
-            raise ValueError(f"locked=true needs a regulariser that takes locked_dims; {name!r} does not")
+            raise ConfigError(f"--model.locked=true needs a regulariser that takes locked_dims; {name!r} does not")
 
     def build(rate: float) -> nn.Module:
         return template.clone(rate=rate, **overrides)
@@ -85,11 +88,11 @@ class SentimentClassifier(ClassificationTask):
 
     def __init__(
         self,
-        vocab_size: Optional[int] = None,
-        num_classes: int = 2,
-        embedding_dim: int = 128,
-        hidden_size: int = 128,
-        num_layers: int = 1,
+        vocab_size: Optional[PositiveInt] = None,
+        num_classes: NumClasses = 2,
+        embedding_dim: PositiveInt = 128,
+        hidden_size: PositiveInt = 128,
+        num_layers: PositiveInt = 1,
         cell: Literal["lstm", "gru"] = "lstm",
         bidirectional: bool = False,
         pooling: Literal["last", "max", "mean"] = "last",
@@ -104,6 +107,13 @@ class SentimentClassifier(ClassificationTask):
         regulariser = materialise(regulariser)  # a lazy_instance default, outside the CLI
         default_rate = regulariser.rate
         sequence_site = sequence_site_factory(regulariser, locked)  # fails early on a bad combination
+        vector_site = vector_site_factory(regulariser)
+        where = "the inputs of the {} sites ({})"
+        for rate in (embedding_rate, hidden_rate):
+            check_sites(sequence_site, default_rate if rate is None else rate, ("batch", "time", "features"),
+                        where.format("embedding and hidden", "batch-first sequences"))
+        check_sites(vector_site, default_rate if output_rate is None else output_rate, ("batch", "features"),
+                    where.format("output", "pooled features"))
         net_args = dict(
             num_classes=num_classes,
             embedding_dim=embedding_dim,
@@ -114,7 +124,7 @@ class SentimentClassifier(ClassificationTask):
             pooling=pooling,
             embedding_regulariser=sequence_site,
             hidden_regulariser=sequence_site,
-            output_regulariser=vector_site_factory(regulariser),
+            output_regulariser=vector_site,
             embedding_rate=default_rate if embedding_rate is None else embedding_rate,
             hidden_rate=default_rate if hidden_rate is None else hidden_rate,
             output_rate=default_rate if output_rate is None else output_rate,
@@ -133,7 +143,7 @@ class SentimentClassifier(ClassificationTask):
         name = type(datamodule).__name__
         if self.vocab_size is None:
             if data_vocab is None:
-                raise ValueError(
+                raise ConfigError(
                     "SentimentClassifier: model.vocab_size is null and the data module "
                     f"({name if datamodule is not None else 'none given'}) reports no vocab_size after setup: "
                     "set --model.vocab_size or use a data module that builds a vocabulary (SentimentDataModule)"
@@ -150,8 +160,9 @@ class SentimentClassifier(ClassificationTask):
             )
         data_classes = getattr(datamodule, "num_classes", None)
         if data_classes is not None and int(data_classes) > self.num_classes:
-            raise ValueError(
-                f"SentimentClassifier: the data has {data_classes} classes but model.num_classes is {self.num_classes}"
+            raise ConfigError(
+                f"the data has {data_classes} classes, the model has {self.num_classes} outputs: "
+                f"set --model.num_classes {data_classes}"
             )
 
     def forward(self, tokens, lengths: Optional[Tensor] = None) -> Tensor:

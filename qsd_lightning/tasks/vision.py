@@ -7,14 +7,17 @@ from typing import Literal, Optional
 
 import torch
 from jsonargparse import lazy_instance
+from jsonargparse.typing import PositiveInt
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from torch import nn
+from torch import Tensor, nn
 
+from ..errors import ConfigError
 from ..models.cnn import ConvNet, WideResNet
 from ..models.mlp import RegulariserFactory
 from ..regularisers import Dropout, NoRegulariser, Regulariser, site_factory
 from ..regularisers.registry import name_of
 from ..regularisers.types import Rate
+from .checks import NumClasses, check_not_empty, check_sites
 from .classification import ClassificationTask
 
 __all__ = ["CNNClassifier", "WRNClassifier", "MaskKind", "conv_site_factory"]
@@ -23,6 +26,7 @@ __all__ = ["CNNClassifier", "WRNClassifier", "MaskKind", "conv_site_factory"]
 MaskKind = Literal["element", "channel"]
 
 CHANNEL_LOCKED_DIMS = (2, 3)
+FEATURE_MAP_DIMS = ("batch", "channels", "height", "width")
 
 
 def conv_site_factory(template: Regulariser, mask: MaskKind) -> RegulariserFactory:
@@ -35,12 +39,12 @@ def conv_site_factory(template: Regulariser, mask: MaskKind) -> RegulariserFacto
     if mask == "element":
         return site_factory(template)
     if mask != "channel":
-        raise ValueError(f"mask must be 'element' or 'channel', got {mask!r}")
+        raise ConfigError(f"mask must be 'element' or 'channel', got {mask!r}")
     if isinstance(template, NoRegulariser):
         return site_factory(template)
     if "locked_dims" not in inspect.signature(type(template)).parameters:
         name = name_of(template) or type(template).__name__
-        raise ValueError(
+        raise ConfigError(
             f"mask='channel' needs a regulariser that accepts locked_dims (qsd, dropout); "
             f"{name!r} does not. Use --model.mask element, or add a locked_dims argument to it."
         )
@@ -53,7 +57,28 @@ def conv_site_factory(template: Regulariser, mask: MaskKind) -> RegulariserFacto
 
 def _check_mask(mask: str) -> None:
     if mask not in ("element", "channel"):
-        raise ValueError(f"mask must be 'element' or 'channel', got {mask!r}")
+        raise ConfigError(f"mask must be 'element' or 'channel', got {mask!r}")
+
+
+def _check_images(x, in_channels: int, image_size: Optional[int]) -> None:
+    """``ConfigError`` naming the option if a batch of images ``x`` [B, C, H, W] does not fit."""
+    if not isinstance(x, Tensor):
+        return
+    if x.ndim != 4:
+        raise ConfigError(
+            f"the data's inputs have shape {list(x.shape[1:])} per example, not images [channels, height, width]: "
+            "use an image data module (CIFARDataModule) with this model, or an MLPClassifier for flat features"
+        )
+    if x.shape[1] != in_channels:
+        raise ConfigError(
+            f"the data's images have {x.shape[1]} channels, the model expects {in_channels}: "
+            f"set --model.in_channels {x.shape[1]}"
+        )
+    if image_size is not None and tuple(x.shape[2:]) != (image_size, image_size):
+        raise ConfigError(
+            f"the data's images are {x.shape[2]}x{x.shape[3]}, the model expects {image_size}x{image_size}: "
+            f"set --model.image_size {x.shape[2]}"
+        )
 
 
 class CNNClassifier(ClassificationTask):
@@ -78,12 +103,12 @@ class CNNClassifier(ClassificationTask):
 
     def __init__(
         self,
-        num_classes: int = 10,
-        in_channels: int = 3,
-        channels: list[int] = [32, 64, 128],
-        convs_per_block: int = 1,
-        hidden_sizes: list[int] = [],
-        image_size: int = 32,
+        num_classes: NumClasses = 10,
+        in_channels: PositiveInt = 3,
+        channels: list[PositiveInt] = [32, 64, 128],
+        convs_per_block: PositiveInt = 1,
+        hidden_sizes: list[PositiveInt] = [],
+        image_size: PositiveInt = 32,
         batch_norm: bool = True,
         regulariser: Regulariser = lazy_instance(Dropout, rate=0.25),
         mask: MaskKind = "element",
@@ -93,7 +118,23 @@ class CNNClassifier(ClassificationTask):
         lr_scheduler: Optional[LRSchedulerCallable] = None,
     ) -> None:
         _check_mask(mask)
+        check_not_empty(channels, "--model.channels", "[32, 64, 128]")
+        if image_size // 2 ** len(channels) < 1:
+            raise ConfigError(
+                f"--model.channels has {len(channels)} conv blocks, which halve a {image_size}x{image_size} image "
+                f"(--model.image_size) to nothing: use at most {max(image_size.bit_length() - 1, 0)} blocks"
+            )
         default_rate = regulariser.rate
+        conv_rate = default_rate if conv_rate is None else conv_rate
+        classifier_rate = default_rate if classifier_rate is None else classifier_rate
+        conv_factory, dense_factory = conv_site_factory(regulariser, mask), site_factory(regulariser)
+        where = "the inputs of the ConvNet's regulariser sites"
+        if len(channels) > 1:
+            check_sites(conv_factory, conv_rate, FEATURE_MAP_DIMS, f"{where} (feature maps)")
+        check_sites(conv_factory, classifier_rate, FEATURE_MAP_DIMS, f"{where} (feature maps)")
+        if hidden_sizes:
+            check_sites(dense_factory, classifier_rate, ("batch", "features"),
+                        f"{where} between the hidden_sizes layers (flat features; --model.mask channel locks only the conv sites)")
         net = ConvNet(
             num_classes=num_classes,
             in_channels=in_channels,
@@ -101,14 +142,18 @@ class CNNClassifier(ClassificationTask):
             convs_per_block=convs_per_block,
             hidden_sizes=hidden_sizes,
             image_size=image_size,
-            regulariser=conv_site_factory(regulariser, mask),
-            dense_regulariser=site_factory(regulariser),
-            conv_rate=default_rate if conv_rate is None else conv_rate,
-            classifier_rate=default_rate if classifier_rate is None else classifier_rate,
+            regulariser=conv_factory,
+            dense_regulariser=dense_factory,
+            conv_rate=conv_rate,
+            classifier_rate=classifier_rate,
             batch_norm=batch_norm,
         )
         super().__init__(net, num_classes, optimizer, lr_scheduler)
+        self.in_channels, self.image_size = in_channels, image_size
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+
+    def check_inputs(self, x) -> None:
+        _check_images(x, self.in_channels, self.image_size)
 
 
 class WRNClassifier(ClassificationTask):
@@ -130,9 +175,9 @@ class WRNClassifier(ClassificationTask):
     def __init__(
         self,
         depth: int = 28,
-        widen_factor: int = 10,
-        num_classes: int = 10,
-        in_channels: int = 3,
+        widen_factor: PositiveInt = 10,
+        num_classes: NumClasses = 10,
+        in_channels: PositiveInt = 3,
         regulariser: Regulariser = lazy_instance(Dropout, rate=0.3),
         mask: MaskKind = "element",
         block_rate: Optional[Rate] = None,
@@ -140,13 +185,22 @@ class WRNClassifier(ClassificationTask):
         lr_scheduler: Optional[LRSchedulerCallable] = None,
     ) -> None:
         _check_mask(mask)
+        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 10 or (depth - 4) % 6 != 0:
+            raise ConfigError(f"--model.depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, 40, ...), got {depth!r}")
+        factory = conv_site_factory(regulariser, mask)
+        block_rate = regulariser.rate if block_rate is None else block_rate
+        check_sites(factory, block_rate, FEATURE_MAP_DIMS, "the inputs of the WideResNet's regulariser sites (feature maps)")
         net = WideResNet(
             depth=depth,
             widen_factor=widen_factor,
             num_classes=num_classes,
             in_channels=in_channels,
-            regulariser=conv_site_factory(regulariser, mask),
-            block_rate=regulariser.rate if block_rate is None else block_rate,
+            regulariser=factory,
+            block_rate=block_rate,
         )
         super().__init__(net, num_classes, optimizer, lr_scheduler)
+        self.in_channels = in_channels
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+
+    def check_inputs(self, x) -> None:
+        _check_images(x, self.in_channels, None)
