@@ -61,6 +61,17 @@ class Regulariser(nn.Module):
     def config(self) -> dict[str, Any]:
         return {"rate": self.rate}
 
+    # read like torch dropout by library code (timm / Hugging Face pass ``.p`` to fused attention)
+    @property
+    def p(self) -> float:
+        """The rate, under torch dropout's name (read-only)."""
+        return self.rate
+
+    @property
+    def inplace(self) -> bool:
+        """Always False: regularisers return a new tensor (read-only, as on torch dropout)."""
+        return False
+
     def clone(self, **overrides: Any) -> "Regulariser":
         """A fresh, untrained module with the same settings except ``overrides``."""
         return type(self)(**{**self.config(), **overrides})
