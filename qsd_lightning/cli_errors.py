@@ -610,6 +610,40 @@ def _resource_message(err: BaseException) -> Optional[str]:
     return None
 
 
+_DDP_FIX = ("check that every rank is alive and can reach MASTER_ADDR:MASTER_PORT; "
+            "--ddp_timeout SECONDS sets how long a rank waits for the others")
+
+
+def _raised_in_torch_distributed(err: BaseException) -> bool:
+    """Whether ``err`` came out of a collective (a frame in torch.distributed or DDP's wrapper)."""
+    import traceback
+
+    frames = traceback.extract_tb(err.__traceback__) if err.__traceback__ is not None else []
+    return any(re.search(r"torch[/\\](distributed|nn[/\\]parallel[/\\]distributed\.py)", frame.filename) for frame in frames)
+
+
+def _distributed_message(err: BaseException) -> Optional[str]:
+    """A DDP peer that never joined, stopped answering or died: torch.distributed's own errors
+    (store and backend timeouts, closed connections) are the machine's state, not a bug here."""
+    import torch.distributed as dist
+
+    dist_error = getattr(dist, "DistError", None)
+    text = str(err).strip()
+    from_backend = isinstance(err, RuntimeError) and (
+        re.search(r"gloo|nccl|c10d|ProcessGroup", text, re.I) or _raised_in_torch_distributed(err))
+    if not (from_backend or (dist_error is not None and isinstance(err, dist_error))):
+        return None
+    first = text.splitlines()[0] if text else type(err).__name__
+    first = re.sub(r"^\[[^\]]*\]\s*", "", first)  # gloo's "[file.cc:81]" prefix
+    if re.search(r"waiting for clients|clients joined", text):
+        return f"DDP: not every rank joined the run ({first}); {_DDP_FIX}"
+    if re.search(r"timed out|timeout", text, re.I):
+        return f"DDP: a rank stopped answering ({first}); {_DDP_FIX}"
+    if re.search(r"connection (closed|reset)|broken pipe|peer|pair closure", text, re.I):
+        return f"DDP: a rank left the run ({first}); {_DDP_FIX}"
+    return None
+
+
 def runtime_user_error(err: BaseException) -> str | None:
     """The one-line message for an exception raised after parsing that is the user's doing
     (no GPU for ``accelerator: gpu``, a full disk, a lost DDP peer, ...), or None for a bug."""
@@ -618,7 +652,7 @@ def runtime_user_error(err: BaseException) -> str | None:
     for index, current in enumerate(_wrapped(err)):
         if index > 0 and isinstance(current, UserError):
             return str(current)
-        message = _trainer_message(current) or _resource_message(current)
+        message = _trainer_message(current) or _resource_message(current) or _distributed_message(current)
         if message is not None:
             return message
     return None
