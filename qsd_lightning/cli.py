@@ -134,8 +134,13 @@ class QSDLightningCLI(LightningCLI):
         )
 
     def before_instantiate_classes(self) -> None:
-        """Loggers without a ``save_dir`` write under ``trainer.default_root_dir``."""
+        """Loggers without a ``save_dir`` write under ``trainer.default_root_dir``; the Trainer's
+        counts that it divides by are checked here (Lightning fails later with ZeroDivisionError)."""
         config = self.config[self.subcommand] if self.subcommand else self.config
+        for key in ("accumulate_grad_batches", "check_val_every_n_epoch", "log_every_n_steps"):
+            value = config.get(f"trainer.{key}")
+            if isinstance(value, int) and not isinstance(value, bool) and value < 1:
+                raise ConfigError(f"--trainer.{key} must be an integer >= 1 (got {value})")
         root = config.get("trainer.default_root_dir") or str(Path.cwd())
         loggers = config.get("trainer.logger")
         for entry in loggers if isinstance(loggers, list) else [loggers]:

@@ -36,6 +36,9 @@ _TYPE_MEANING = {
     "PositiveInt": "must be an integer > 0",
     "NonNegativeInt": "must be an integer >= 0",
     "NumClasses": "must be an integer >= 2 (a classifier needs two classes or more)",
+    "OpenUnitInterval": "must be a fraction in (0, 1)",
+    "HalfFraction": "must be a fraction in (0, 0.5)",
+    "VocabularySize": "must be an integer >= 3 (<pad>, <unk> and at least one token)",
     "Dim": "must name non-batch dims: integers other than 0 (dim 0 is the batch; -1 is the last dim)",
 }
 _NOISE = (

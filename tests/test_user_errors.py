@@ -201,6 +201,9 @@ RUNTIME = [
     (["--trainer.devices", "0"], "--trainer.devices 0: not a valid number of cpu devices; use an integer >= 1 or auto"),
     (["--trainer.strategy", "ddpp"], "--trainer.strategy: unknown strategy 'ddpp'"),
     (["--trainer.accelerator", "tpu"], "--trainer.accelerator tpu: no TPU here"),
+    (["--trainer.accumulate_grad_batches", "0"], "--trainer.accumulate_grad_batches must be an integer >= 1 (got 0)"),
+    (["--trainer.check_val_every_n_epoch", "0"], "--trainer.check_val_every_n_epoch must be an integer >= 1 (got 0)"),
+    (["--trainer.log_every_n_steps", "-1"], "--trainer.log_every_n_steps must be an integer >= 1 (got -1)"),
 ]
 
 
