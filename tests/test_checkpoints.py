@@ -111,6 +111,23 @@ def test_ckpt_path_directory_and_missing_file(tmp_path, capsys):
     assert code == 1 and "does not exist" in err
 
 
+def test_checkpoint_whose_weights_do_not_fit(tmp_path, capsys):
+    """A checkpoint of the right class whose tensors were changed (or came from elsewhere) is
+    refused in one line naming what differs, never loaded half-way."""
+    fit(tmp_path, "--trainer.logger=false", epochs=1)
+    [last] = list(tmp_path.rglob("last.ckpt"))
+    checkpoint = torch.load(last, weights_only=True)
+    key = sorted(k for k in checkpoint["state_dict"] if k.endswith("weight"))[0]
+    checkpoint["state_dict"][key] = torch.zeros(3, 3)
+    checkpoint["state_dict"]["net.extra.weight"] = torch.zeros(1)
+    edited = tmp_path / "edited.ckpt"
+    torch.save(checkpoint, edited)
+    code, err = run_main(["validate", "--config", DIGITS, *FAST, f"--ckpt_path={edited}", "--trainer.logger=false",
+                          f"--trainer.default_root_dir={tmp_path}"], capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert "does not fit MLPClassifier as configured" in err and f"shape mismatch: {key}" in err and "unexpected: net.extra.weight" in err
+
+
 # ------------------------------------------------------------------------------ last.ckpt
 def test_every_config_writes_last_at_each_epoch_end():
     import yaml

@@ -405,7 +405,7 @@ CLI_BAD = [
     ("cnn_cifar10.yaml", ["--data.batch_size", "-5", "--data.download=false"], "--data.batch_size must be an integer > 0 (got -5)"),
     ("cnn_cifar10.yaml", ["--data.train_size", "0", "--data.download=false"], "--data.train_size"),
     ("rnn_sst2.yaml", ["--data.batch_size", "0"], "--data.batch_size must be an integer > 0 (got 0)"),
-    ("rnn_sst2.yaml", ["--data.val_fraction", "0.7"], "--data.val_fraction must satisfy v>0 and v<0.5 (got 0.7)"),
+    ("rnn_sst2.yaml", ["--data.val_fraction", "0.7"], "--data.val_fraction must be a fraction in (0, 0.5) (got 0.7)"),
     ("lstm_ptb.yaml", ["--data.bptt", "0"], "--data.bptt must be an integer > 0 (got 0)"),
 ]
 
