@@ -18,25 +18,16 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpoint
 
-from qsd_lightning.callbacks import ModelCheckpoint
 from qsd_lightning.callbacks.checkpoint import LIGHTNING_INTERNALS
 from qsd_lightning.checkpointing import AtomicCheckpointIO, CheckpointError, load_checkpoint
 from qsd_lightning.cli import DEFAULT_DDP_TIMEOUT, cli_main, main
 
 from .conftest import CONFIGS, REPO
+from .test_trust import run_main
 
 DIGITS = str(CONFIGS / "mlp_digits.yaml")
 FAST = ["--trainer.limit_train_batches=3", "--trainer.limit_val_batches=2", "--trainer.accelerator=cpu",
         "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
-
-
-def run_main(args, capsys):
-    """Run ``python -m qsd_lightning`` in-process; (exit code, stderr)."""
-    with pytest.raises(SystemExit) as info:
-        main(args)
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return info.value.code, err
 
 
 def fit(root, *args, epochs=2):

@@ -138,6 +138,18 @@ def check_optimizer(optimizer: OptimizerCallable, lr_scheduler: Optional[LRSched
             raise problem from None
 
 
+def _build(factory: Any, argument: Any, explain: Any) -> Any:
+    """``factory(argument)``; a ``ValueError`` that ``explain`` recognises as the user's becomes
+    its :class:`ConfigError`, anything else keeps its traceback."""
+    try:
+        return factory(argument)
+    except ValueError as err:
+        problem = explain(err, factory)
+        if problem is None:
+            raise
+        raise problem from None
+
+
 def configure_optimizers(
     parameters: Iterable[torch.nn.Parameter],
     optimizer: OptimizerCallable,
@@ -146,22 +158,10 @@ def configure_optimizers(
 ):
     """What ``LightningModule.configure_optimizers`` returns: the optimiser and, if configured,
     its scheduler stepped every epoch (``ReduceLROnPlateau`` watches ``monitor``)."""
-    try:
-        opt = optimizer(parameters)
-    except ValueError as err:
-        problem = optimizer_error(err, optimizer)
-        if problem is None:
-            raise
-        raise problem from None
+    opt = _build(optimizer, parameters, optimizer_error)
     if lr_scheduler is None:
         return opt
-    try:
-        scheduler = lr_scheduler(opt)
-    except ValueError as err:
-        problem = scheduler_error(err, lr_scheduler)
-        if problem is None:
-            raise
-        raise problem from None
+    scheduler = _build(lr_scheduler, opt, scheduler_error)
     config = {"scheduler": scheduler, "interval": "epoch"}
     if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
         config["monitor"] = monitor
