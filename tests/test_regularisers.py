@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+import inspect
 import math
+import pickle
 
 import pytest
+from jsonargparse import lazy_instance
 import torch
 from torch import nn
 
@@ -81,6 +85,102 @@ def test_clone_changes_only_overrides(name):
     }
 
 
+# every constructor argument of every registered class, each away from its default
+NON_DEFAULT = {
+    "qsd": dict(rate=0.3, gamma=4.0, mode="size", gamma_step=0.01, unit_dims=(1,), locked_dims=(2,)),
+    "dropout": dict(rate=0.3, unit_dims=(1,), locked_dims=(2,)),
+    "gaussian_dropout": dict(rate=0.3, unit_dims=(1,), locked_dims=(2,)),
+    "none": dict(rate=0.2),
+    "spatial_dropout": dict(rate=0.3),
+    "locked_dropout": dict(rate=0.3, time_dim=2),
+    "embedding_dropout": dict(rate=0.3),
+    "weight_drop": dict(rate=0.3),
+}
+
+
+def _non_default(name):
+    cls = R.get(name)
+    if name not in NON_DEFAULT:
+        if not cls.__module__.startswith("qsd_lightning."):
+            pytest.skip(f"plugin {name!r}: no non-default arguments known")
+        pytest.fail(f"add non-default values of every argument of {name!r} to NON_DEFAULT")
+    kwargs = NON_DEFAULT[name]
+    params = {n: p for n, p in inspect.signature(cls).parameters.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    assert set(kwargs) == set(params), f"NON_DEFAULT[{name!r}] must set every argument: {sorted(params)}"
+    assert all(kwargs[n] != p.default for n, p in params.items()), "each value must differ from its default"
+    return cls, kwargs
+
+
+def _same_settings(a, b, kwargs, **overrides):
+    assert type(a) is type(b) and a is not b
+    assert b.init_arguments() == {**a.init_arguments(), **overrides}
+    for arg in kwargs:  # the attribute a constructor argument sets, where it keeps one
+        if arg in overrides:
+            continue
+        if hasattr(a, arg):
+            assert getattr(b, arg) == getattr(a, arg), arg
+    if not overrides:
+        assert repr(b) == repr(a)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_clone_keeps_every_constructor_argument(name):
+    cls, kwargs = _non_default(name)
+    m = cls(**kwargs)
+    assert m.init_arguments() == kwargs
+    _same_settings(m, m.clone(), kwargs)
+    clone = m.clone(rate=0.1)
+    _same_settings(m, clone, kwargs, rate=0.1)
+    assert clone.rate == 0.1
+    # the registry alias (what the CLI builds from --model.regulariser NAME) clones alike
+    alias = getattr(R.names, name, cls)(**kwargs)
+    _same_settings(alias, alias.clone(), kwargs)
+    assert repr(alias) == repr(m)
+    # positional arguments are recorded by name
+    first = next(iter(inspect.signature(cls).parameters))
+    assert cls(kwargs[first]).init_arguments() == {first: kwargs[first]}
+    # every site a task builds: site_factory, lazy_instance defaults, deep copies
+    _same_settings(m, R.site_factory(m)(0.2), kwargs, rate=0.2)
+    _same_settings(m, R.materialise(lazy_instance(cls, **kwargs)), kwargs)
+    _same_settings(m, copy.deepcopy(m).clone(), kwargs)
+    _same_settings(m, pickle.loads(pickle.dumps(m)).clone(), kwargs)
+
+
+def test_clone_keeps_user_arguments_config_does_not_list():
+    @R.register("test_extra_args")
+    class Extra(R.Regulariser):
+        def __init__(self, rate: float = 0.5, scale: float = 1.0, *extra, tag: str = "", **options) -> None:
+            super().__init__(rate)
+            self.scale, self.extra, self.tag, self.options = scale, extra, tag, options
+
+        def config(self):  # an override that forgets arguments: clone must not depend on it
+            return {"rate": self.rate}
+
+        def forward(self, x):
+            return x * self.scale
+
+    try:
+        m = R.build("test_extra_args", rate=0.2, scale=5.0, tag="t", colour="red")
+        c = m.clone(rate=0.4, colour="blue", size=3)
+        assert (type(c), c.rate, c.scale, c.tag, c.options) == (Extra, 0.4, 5.0, "t", {"colour": "blue", "size": 3})
+        p = Extra(0.1, 2.0, "a", "b")
+        assert p.clone(scale=3.0).extra == ("a", "b") and p.clone(scale=3.0).scale == 3.0
+        with pytest.raises(TypeError):
+            R.QSD().clone(no_such_argument=1)
+    finally:
+        R.registry._unregister("test_extra_args")
+
+
+def test_default_repr_shows_user_arguments():
+    class Plain(R.Regulariser):
+        def __init__(self, rate: float = 0.5, scale: float = 1.0) -> None:
+            super().__init__(rate)
+            self.scale = scale
+
+    assert repr(Plain(0.25, scale=5)) == "Plain(rate=0.25, scale=5)"
+    assert repr(Plain()) == "Plain(rate=0.5)"
+
+
 def test_unknown_name_lists_choices():
     with pytest.raises(ValueError, match="valid choices: .*dropout.*qsd"):
         build("qsdd")
@@ -116,7 +216,7 @@ def test_register_user_regulariser():
         with pytest.raises(ValueError, match="already registered"):
             R.register("test_scaled_identity")(Dropout)
     finally:
-        R.registry._REGISTRY.pop("test_scaled_identity")
+        R.registry._unregister("test_scaled_identity")
 
 
 def test_qsd_gamma_none_is_dropout_distribution():

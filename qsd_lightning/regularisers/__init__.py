@@ -5,18 +5,25 @@
 True
 >>> regularisers.build("qsd", rate=0.5, gamma=4.0, mode="coupled")
 QSD(rate=0.5, gamma=4.0, mode='coupled')
+
+Your own regulariser: subclass :class:`Regulariser` and decorate it with ``@register("name")``
+(in a module imported before use, or named in ``QSD_LIGHTNING_PLUGINS``), or declare it in an
+installed package's entry-point group ``qsd_lightning.regularisers`` (see :mod:`.registry`).
 """
 
 from . import names  # noqa: F401  (aliases used by the CLI)
 from .base import Regulariser, ReleaseStatistics, materialise, site_factory
 from .functional import MODES, qsd
 from .quantal import QSD, Dropout, NoRegulariser
-from .registry import available, build, get, name_of, register
+from .registry import ENTRY_POINT_GROUP, PLUGINS_ENV, PluginError, available, build, get, load_plugins, name_of, register
 from .replace import replace_dropout
 from .variants import EmbeddingDropout, GaussianDropout, LockedDropout, SpatialDropout, WeightDrop, apply_weight_drop, embedded, remove_weight_drop
 
 __all__ = [
+    "ENTRY_POINT_GROUP",
     "MODES",
+    "PLUGINS_ENV",
+    "PluginError",
     "QSD",
     "Dropout",
     "NoRegulariser",
@@ -25,6 +32,7 @@ __all__ = [
     "available",
     "build",
     "get",
+    "load_plugins",
     "matched_dropout_rate",
     "materialise",
     "multiplier_variance",

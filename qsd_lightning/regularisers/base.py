@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -11,6 +13,40 @@ from torch import Tensor, nn
 from .functional import QuantalDraw, check_rate
 
 __all__ = ["Regulariser", "ReleaseStatistics", "materialise", "site_factory"]
+
+#: instance attribute holding the arguments the constructor was called with (by name)
+_ARGUMENTS = "_init_arguments"
+
+
+@functools.lru_cache(maxsize=None)
+def _signature(init: Callable) -> inspect.Signature:
+    """The constructor's signature without ``self``."""
+    sig = inspect.signature(init)  # follows __wrapped__ to the original
+    return sig.replace(parameters=list(sig.parameters.values())[1:])
+
+
+def _recording(init: Callable) -> Callable:
+    """``init`` wrapped so that the outermost constructor call of an instance records its
+    arguments (bound to parameter names) before the ``super().__init__`` chain runs."""
+
+    @functools.wraps(init)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        outermost = _ARGUMENTS not in self.__dict__
+        if outermost:  # claim it first: the inner super().__init__ calls must not record
+            self.__dict__[_ARGUMENTS] = None
+        init(self, *args, **kwargs)
+        if outermost:
+            self.__dict__[_ARGUMENTS] = dict(_signature(init).bind(*args, **kwargs).arguments)
+
+    __init__._qsd_records_arguments = True
+    return __init__
+
+
+def _concrete(cls: type) -> type:
+    """``cls`` itself, or for a jsonargparse lazy instance's class the class it stands for."""
+    mro = cls.__mro__
+    lazy = [i for i, c in enumerate(mro) if c.__name__ == "_LazyInitBaseClass"]
+    return mro[lazy[0] + 1] if lazy else cls
 
 
 @dataclass
@@ -44,13 +80,21 @@ class ReleaseStatistics:
 class Regulariser(nn.Module):
     """Base class: a ``rate`` in [0, 1), identity in eval mode, nothing trainable.
 
-    Subclasses implement :meth:`config` (their constructor arguments) so that a configured
-    instance can serve as a template: ``template.clone(rate=0.3)`` builds a fresh module for
-    another site. Setting ``collect_statistics = True`` makes the next training forward store
+    A configured instance serves as a template: ``template.clone(rate=0.3)`` builds a fresh
+    module for another site from the arguments its constructor was actually called with
+    (:meth:`init_arguments`, recorded for every subclass without any code of its own), so no
+    argument is lost. :meth:`config` is what the repr shows (by default: ``rate`` and every
+    other argument given); subclasses may override it to show normalised values. Setting ``collect_statistics = True`` makes the next training forward store
     a :class:`ReleaseStatistics` in ``last_statistics`` (off by default: it costs a reduction).
     """
 
     registry_name: str = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is not None and not getattr(init, "_qsd_records_arguments", False):
+            cls.__init__ = _recording(init)
 
     def __init__(self, rate: float = 0.5) -> None:
         super().__init__()
@@ -58,8 +102,23 @@ class Regulariser(nn.Module):
         self.collect_statistics = False
         self.last_statistics: ReleaseStatistics | None = None
 
+    def init_arguments(self) -> dict[str, Any]:
+        """The arguments the constructor was called with, by parameter name (defaults not
+        given are left out; ``*args`` / ``**kwargs`` under their own names). ``{}`` for an
+        instance that was never constructed (unpickled from an old version)."""
+        return dict(self.__dict__.get(_ARGUMENTS) or {})
+
     def config(self) -> dict[str, Any]:
-        return {"rate": self.rate}
+        """The settings shown by ``repr``: ``rate`` and every other constructor argument given."""
+        cfg: dict[str, Any] = {"rate": self.rate}
+        sig = _signature(_concrete(type(self)).__init__)
+        for name, value in self.init_arguments().items():
+            kind = sig.parameters[name].kind if name in sig.parameters else None
+            if kind is inspect.Parameter.VAR_KEYWORD:
+                cfg.update({k: v for k, v in value.items() if k not in cfg})
+            elif kind is not inspect.Parameter.VAR_POSITIONAL and name not in cfg:
+                cfg[name] = value
+        return cfg
 
     # read like torch dropout by library code (timm / Hugging Face pass ``.p`` to fused attention)
     @property
@@ -73,8 +132,24 @@ class Regulariser(nn.Module):
         return False
 
     def clone(self, **overrides: Any) -> "Regulariser":
-        """A fresh, untrained module with the same settings except ``overrides``."""
-        return type(self)(**{**self.config(), **overrides})
+        """A fresh, untrained module of the same class, built from the arguments this one's
+        constructor was given (:meth:`init_arguments`) with ``overrides`` replacing some."""
+        cls = _concrete(type(self))
+        if self.__dict__.get(_ARGUMENTS) is None:  # never constructed here: best effort
+            return cls(**{**self.config(), **overrides})
+        sig = _signature(cls.__init__)
+        bound = inspect.BoundArguments(sig, dict(self.__dict__[_ARGUMENTS]))
+        var_keyword = next((p.name for p in sig.parameters.values() if p.kind is p.VAR_KEYWORD), None)
+        unknown: dict[str, Any] = {}
+        for name, value in overrides.items():
+            param = sig.parameters.get(name)
+            if param is not None and param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                bound.arguments[name] = value
+            elif var_keyword is not None:
+                bound.arguments[var_keyword] = {**bound.arguments.get(var_keyword, {}), name: value}
+            else:  # let the constructor refuse it with its own TypeError
+                unknown[name] = value
+        return cls(*bound.args, **bound.kwargs, **unknown)
 
     def _get_name(self) -> str:  # show the public class, not a registry alias
         return type(self).__mro__[1].__name__ if getattr(type(self), "_is_alias", False) else type(self).__name__
@@ -91,14 +166,17 @@ class Regulariser(nn.Module):
             self.last_statistics = ReleaseStatistics.from_draw(draw, mask, gamma)
 
 
+# a subclass without its own __init__ runs this one, which must record as well
+Regulariser.__init__ = _recording(Regulariser.__init__)  # type: ignore[method-assign]
+
+
 def materialise(template: nn.Module) -> nn.Module:
     """A plain instance for a jsonargparse ``lazy_instance`` default (used as a constructor
     default in the tasks; its attributes exist only once initialised); other modules unchanged."""
-    mro = type(template).__mro__
-    lazy = [i for i, cls in enumerate(mro) if cls.__name__ == "_LazyInitBaseClass"]
-    if not lazy:
+    cls = _concrete(type(template))
+    if cls is type(template):
         return template
-    return mro[lazy[0] + 1](**template.config())
+    return cls(**template._lazy_kwargs)  # the arguments the lazy instance stands for
 
 
 def site_factory(template: Regulariser):

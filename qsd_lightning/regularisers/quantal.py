@@ -107,7 +107,7 @@ class _MaskedRegulariser(Regulariser):
             )
 
     def config(self) -> dict[str, Any]:
-        cfg = super().config()
+        cfg: dict[str, Any] = {"rate": self.rate}  # unit_dims, locked_dims only when set
         if self.unit_dims is not None:
             cfg["unit_dims"] = self.unit_dims
         if self.locked_dims:
