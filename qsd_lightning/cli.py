@@ -13,7 +13,7 @@ from pathlib import Path
 
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch import LightningDataModule, LightningModule
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 from lightning.pytorch.callbacks.progress import ProgressBar as ProgressBarBase
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.strategies import DDPStrategy
@@ -23,7 +23,7 @@ from . import callbacks as _callbacks  # noqa: F401
 from . import data as _data  # noqa: F401  (makes the data modules resolvable by class name)
 from . import regularisers as _regularisers  # noqa: F401  (registry aliases)
 from . import tasks as _tasks  # noqa: F401  (makes the models resolvable by class name)
-from .callbacks import ProgressBar, RankNoiseSeed, RNGStateCheckpoint
+from .callbacks import PredictionWriter, ProgressBar, RankNoiseSeed, RNGStateCheckpoint
 from .cli_errors import ConciseArgumentParser, runtime_user_error
 from . import resume
 from .checkpointing import AtomicCheckpointIO, CheckpointError, check_checkpoint_fits, load_checkpoint
@@ -151,14 +151,17 @@ class QSDLightningCLI(LightningCLI):
     # ------------------------------------------------------------------ building
     def _instantiate_trainer(self, config: dict, callbacks: list):
         """Add the project's always-on pieces: per-rank noise seeds, random states in
-        checkpoints, atomic checkpoint writes, the DDP timeout, and the log-file-friendly
-        :class:`ProgressBar` (unless bars are off or another progress bar is given)."""
+        checkpoints, atomic checkpoint writes, the DDP timeout, the log-file-friendly
+        :class:`ProgressBar` (unless bars are off or another progress bar is given), and for
+        ``predict`` a :class:`PredictionWriter` unless another writer is given."""
         given = config.get("callbacks") or []
         given = given if isinstance(given, list) else [given]
         present = [*given, *callbacks]
         extra = [cls() for cls in (RankNoiseSeed, RNGStateCheckpoint) if not any(isinstance(cb, cls) for cb in present)]
         if config.get("enable_progress_bar") is not False and not any(isinstance(cb, ProgressBarBase) for cb in present):
             extra.append(ProgressBar())
+        if self.subcommand == "predict" and not any(isinstance(cb, BasePredictionWriter) for cb in present):
+            extra.append(PredictionWriter())  # predict always writes its file, also with a user's callback list
         plugins = config.get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins) and not _strategy_has_checkpoint_io(config.get("strategy")):
@@ -269,6 +272,8 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> QSDLightningCLI
     ``args`` as on the command line, e.g. ``["fit", "--config", "configs/mlp_digits.yaml"]``;
     with ``run=False`` pass no subcommand: the model, data and trainer are only built.
     """
+    # regulariser plugins named on the command line or in its config files (or QSD_LIGHTNING_PLUGINS)
+    _regularisers.registry.load_for_command_line(args)
     cli = QSDLightningCLI(
         model_class=LightningModule,
         datamodule_class=LightningDataModule,

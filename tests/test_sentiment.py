@@ -191,7 +191,7 @@ def test_task_rates_default_to_template_rate():
     assert net.embedding_reg.rate == 0.4 and net.hidden_regs[0].rate == 0.1 and isinstance(net.output_reg, torch.nn.Identity)
     tokens = torch.tensor([[3, 4, 5], [6, 0, 0]])
     assert task((tokens, torch.tensor([3, 1]))).shape == (2, 2)
-    assert task.predict_step((tokens, torch.tensor([3, 1]), torch.tensor([0, 1])), 0).shape == (2,)
+    assert task.predict_step((tokens, torch.tensor([3, 1]), torch.tensor([0, 1])), 0)["pred"].shape == (2,)
 
 
 # ---------------------------------------------------------------------- data

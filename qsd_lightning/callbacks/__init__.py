@@ -1,6 +1,7 @@
 """Callbacks: regulariser schedules and analysis logging."""
 
 from .checkpoint import ModelCheckpoint
+from .prediction import PredictionWriter
 from .progress import ProgressBar
 from .seeding import RankNoiseSeed, RNGStateCheckpoint, rank_seed
 from .quantal import QuantalStatistics, summarise_release
@@ -11,6 +12,7 @@ from .weights import WeightDistributions
 __all__ = [
     "ActivationSparsity",
     "ModelCheckpoint",
+    "PredictionWriter",
     "ProgressBar",
     "QuantalStatistics",
     "RNGStateCheckpoint",

@@ -138,14 +138,23 @@ class BPTTWindows(IterableDataset):
     (shorter last window); target is the input shifted by one step. Iterable, so Lightning
     never adds a (shuffling, interleaving) distributed sampler: ranks shard the stream."""
 
-    def __init__(self, data: Tensor, bptt: int) -> None:
+    def __init__(self, data: Tensor, bptt: int, first_row: int = 0) -> None:
         if bptt < 1:
             raise ValueError(f"bptt must be >= 1, got {bptt}")
         self.data = data
         self.bptt = bptt
+        self.first_row = first_row
 
     def __len__(self) -> int:
         return math.ceil((self.data.shape[1] - 1) / self.bptt)
+
+    def sequence_indices(self, window: int) -> Tensor:
+        """``LongTensor[B]``: the number, in text order, of each row of window ``window`` (row
+        ``r`` of this rank's data is row ``first_row + r`` of the split): ``(first_row + r) *
+        len(self) + window``. Ranks hold equal contiguous shards, so over all ranks these are
+        ``0 .. world_size * B * len(self) - 1``."""
+        rows = torch.arange(self.first_row, self.first_row + self.data.shape[0])
+        return rows * len(self) + window
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         n = self.data.shape[1]
@@ -332,7 +341,7 @@ class PTBDataModule(L.LightningDataModule):
                 f"(per rank, on {world_size}) give each of the {batch_size} rows fewer than 2 tokens; lower --data.{arg}"
             )
         data = batchify(stream, batch_size)
-        return BPTTWindows(data, self.bptt)
+        return BPTTWindows(data, self.bptt, first_row=rank * batch_size)
 
     def _loader(self, split: str) -> DataLoader:
         return DataLoader(self.windows(split), batch_size=None)

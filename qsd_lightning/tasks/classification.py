@@ -13,6 +13,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from ..callbacks.prediction import sample_indices
 from ..errors import ConfigError
 from ..models import MLP
 from ..regularisers import Dropout, Regulariser, materialise, site_factory
@@ -90,9 +91,17 @@ class ClassificationTask(L.LightningModule):
     def test_step(self, batch, batch_idx: int) -> None:
         self._shared_step(batch, "test")
 
-    def predict_step(self, batch, batch_idx: int) -> Tensor:
+    def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
+        """``{"index": LongTensor[B], "pred": LongTensor[B], "probs": FloatTensor[B, C]}``:
+        each sample's index in the predict data set, the predicted class (argmax of probs)
+        and the softmax probabilities (see :class:`~qsd_lightning.callbacks.PredictionWriter`)."""
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return self(x).argmax(dim=-1)
+        return self._predictions(self(x), batch_idx, dataloader_idx)
+
+    def _predictions(self, logits: Tensor, batch_idx: int, dataloader_idx: int) -> dict[str, Tensor]:
+        probs = logits.float().softmax(dim=-1)
+        index = sample_indices(self, probs.shape[0], batch_idx, dataloader_idx)
+        return {"index": index, "pred": probs.argmax(dim=-1), "probs": probs}
 
     def configure_optimizers(self):
         return configure_optimizers(self.parameters(), self.optimizer_factory, self.lr_scheduler_factory)

@@ -14,6 +14,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
+from ..callbacks.prediction import sequence_indices
 from ..models.language_model import LSTMLanguageModel, LSTMState
 from ..regularisers import Dropout, NoRegulariser, Regulariser, materialise
 from ..regularisers.types import Rate
@@ -24,7 +25,7 @@ from .optim import check_optimizer, configure_optimizers
 
 __all__ = ["LanguageModel", "VocabularyMismatchError"]
 
-STAGES = ("train", "val", "test")
+STAGES = ("train", "val", "test", "predict")
 
 
 class VocabularyMismatchError(ConfigError):
@@ -190,6 +191,9 @@ class LanguageModel(L.LightningModule):
     def on_test_epoch_start(self) -> None:
         self.reset_state("test")
 
+    def on_predict_epoch_start(self) -> None:
+        self.reset_state("predict")
+
     def on_fit_start(self) -> None:
         self.reset_state()
 
@@ -244,6 +248,27 @@ class LanguageModel(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
+
+    def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
+        """Next-token scores of each row of a window, the state carried as in ``test``:
+        ``{"index": LongTensor[B], "nll": FloatTensor[B], "tokens": LongTensor[B], "ppl": FloatTensor[B]}``.
+
+        A sequence is one row of one ``[B, T]`` window: ``T`` consecutive target tokens,
+        scored after all the text before them in that row. ``nll`` is their summed
+        cross-entropy (nats), ``ppl = exp(nll / tokens)``; the token-weighted mean of ``nll``
+        over the file is the ``test`` loss when predict serves the test split. ``index``
+        numbers the sequences in text order (see :meth:`BPTTWindows.sequence_indices`).
+        """
+        tokens, targets = batch[0], batch[1]
+        state = self._states["predict"]
+        if state is not None and state[0][0].shape[1] != tokens.shape[0]:
+            state = None
+        logits, new_state = self(tokens, state)
+        self._states["predict"] = [(h.detach(), c.detach()) for h, c in new_state]
+        nll = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape).sum(dim=1)
+        count = torch.full_like(nll, targets.shape[1], dtype=torch.long)
+        index = sequence_indices(self, targets.shape[0], batch_idx, dataloader_idx)
+        return {"index": index, "nll": nll, "tokens": count, "ppl": torch.exp(nll / count)}
 
     def configure_optimizers(self):
         return configure_optimizers(self.parameters(), self.optimizer_factory, self.lr_scheduler_factory)

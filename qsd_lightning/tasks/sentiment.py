@@ -33,7 +33,7 @@ def sequence_site_factory(template: Regulariser, locked: bool = False):
     """
     params = inspect.signature(type(template)).parameters
     overrides = {}
-    if "unit_dims" in params and "unit_dims" not in template.config():
+    if "unit_dims" in params and getattr(template, "unit_dims", None) is None:
         overrides["unit_dims"] = (-1,)
     if locked and not isinstance(template, NoRegulariser):
         if "locked_dims" in params:
@@ -177,6 +177,8 @@ class SentimentClassifier(ClassificationTask):
         tokens, lengths, labels = batch
         return super()._shared_step(((tokens, lengths), labels), stage)
 
-    def predict_step(self, batch, batch_idx: int) -> Tensor:
+    def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
+        """``{"index", "pred", "probs"}`` as :meth:`ClassificationTask.predict_step`; batches are
+        ``(tokens, lengths[, labels])``."""
         tokens, lengths = batch[0], batch[1]
-        return self(tokens, lengths).argmax(dim=-1)
+        return self._predictions(self(tokens, lengths), batch_idx, dataloader_idx)
