@@ -635,13 +635,12 @@ def read_cifar(data_dir: str | Path, dataset: Dataset = "cifar10") -> tuple[Arra
 def missing_message(data_dir: Path, dataset: str, reason: str) -> str:
     layout = LAYOUTS[dataset]
     batches = ", ".join((*layout.train, *layout.test))
-    shared = " (the project's shared data has a CIFAR-10 JPEG subset: shared/data/cifar10)" if dataset == "cifar10" else ""
     return (
         f"{layout.title} not found in {Path(data_dir).resolve()} ({reason}). Expected one of: torchvision's "
         f"pickle batches {layout.folder}/{{{batches}}}; image folders train/<class>/*.png|jpg and "
         f"test/<class>/*.png|jpg; or a .tar.gz/.tar.xz archive of either, in that directory. Get them with "
         f"network access by running once with --data.download true (torchvision fetches {layout.archive}), "
-        f"or copy them there{shared}, or point --data.data_dir at a folder that has them."
+        "or copy them there, or point --data.data_dir at a folder that has them."
     )
 
 

@@ -111,8 +111,8 @@ class MNISTDataModule(TensorDataModule):
         return (
             f"MNIST not found in {self.data_dir.resolve()} ({reason}). Expected the four IDX files "
             f"{names} in that directory (or in its MNIST/raw/). Get them with network access by "
-            "running once with --data.download true, or copy them there (e.g. from the project's "
-            "shared/data/mnist), or point --data.data_dir at a folder that has them."
+            "running once with --data.download true, or copy them there, or point --data.data_dir at a "
+            "folder that has them."
         )
 
     def prepare_data(self) -> None:

@@ -242,7 +242,7 @@ class PTBDataModule(L.LightningDataModule):
         return (
             f"Penn Treebank not found in {self.data_dir.resolve()} ({reason}). Expected the files {names} "
             "(Mikolov's simple-examples/data, one sentence a line) in that directory. Copy them there "
-            "(this project's shared/data/ptb holds a copy) or point --data.data_dir at a folder that has them, or "
+            "or point --data.data_dir at a folder that has them, or "
             f"run once with network access and --data.source auto|hf to download Hugging Face's "
             f"'{self.hf_name}' into {self.data_dir / HF_SUBDIR}."
         )

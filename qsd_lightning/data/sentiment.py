@@ -276,7 +276,7 @@ class SentimentDataModule(SplitDataModule):
             how.append("download aclImdb_v1.tar.gz from https://ai.stanford.edu/~amaas/data/sentiment/ into that directory")
         if self.format in ("auto", "tsv"):
             how.append("copy GLUE's SST-2 train.tsv/dev.tsv there (https://gluebenchmark.com/tasks)")
-        how.append("or point --data.data_dir at a folder that has them (e.g. the project's shared/data/imdb or shared/data/sst2)")
+        how.append("or point --data.data_dir at a folder that has them")
         return (
             f"sentiment data not found in {where} ({reason}). Expected "
             + "; or ".join(expect[k] for k in wanted)
