@@ -12,8 +12,6 @@ over epochs, and validation accuracy.
 from __future__ import annotations
 
 import argparse
-import csv
-from collections import defaultdict
 from pathlib import Path
 
 import matplotlib
@@ -21,17 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-
-def read_series(path: Path) -> dict[str, list[tuple[float, float]]]:
-    """{metric: [(step, value), ...]} from a CSVLogger metrics.csv."""
-    series: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    with path.open() as f:
-        for row in csv.DictReader(f):
-            step = float(row.get("step") or 0)
-            for key, value in row.items():
-                if key not in ("step", "epoch") and value not in ("", None):
-                    series[key].append((step, float(value)))
-    return series
+from qsd_lightning.compare import metrics_csv  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -41,7 +29,7 @@ def main(argv: list[str] | None = None) -> Path:
     args = parser.parse_args(argv)
     if not args.csv.is_file():
         parser.error(f"{args.csv} does not exist")
-    series = read_series(args.csv)
+    series = metrics_csv.series(args.csv)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
 
     ax = axes[0]

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from qsd_lightning import compare as C
+from qsd_lightning.compare import metrics_csv, runner
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS = str(REPO / "configs" / "mlp_digits.yaml")
@@ -121,15 +122,15 @@ SYNTHETIC_CSV = """epoch,step,train/loss_step,val/acc,val/loss,sparsity/hidden.0
 def test_read_validation_curve_takes_the_last_value_per_epoch(tmp_path):
     path = tmp_path / "metrics.csv"
     path.write_text("epoch,step,train/loss,val/ppl,test/ppl\n0,9,5.0,,\n0,9,,300.0,\n1,19,,250.0,\n1,19,,240.0,\n1,19,,,260.0\n")
-    curve = C.read_validation_curve(path, "val/ppl")
+    curve = metrics_csv.validation_curve(path, "val/ppl")
     assert curve.to_dict() == {0: 300.0, 1: 240.0}
-    assert C.read_validation_curve(path, "val/acc").empty
+    assert metrics_csv.validation_curve(path, "val/acc").empty
 
 
 def test_read_metrics_csv(tmp_path):
     path = tmp_path / "metrics.csv"
     path.write_text(SYNTHETIC_CSV)
-    m = C.read_metrics_csv(path)
+    m = metrics_csv.summarise(path)
     assert m["test/acc"] == pytest.approx(0.94) and m["test/loss"] == pytest.approx(0.22)
     assert m["test_sparsity/hidden.0.act/population"] == pytest.approx(0.70)  # measured at test time
     assert m["sparsity/hidden.0.act/population"] == pytest.approx(0.65)  # final validation, not the test row
@@ -140,11 +141,46 @@ def test_read_metrics_csv(tmp_path):
     assert m["epochs"] == 3
 
 
+def test_metrics_csv_series_values_and_newest(tmp_path):
+    """The one metrics.csv reader: series over steps (scripts/plot_run.py), a column's values, the newest log."""
+    old = tmp_path / "a" / "metrics.csv"
+    old.parent.mkdir()
+    old.write_text("epoch,step,val/acc\n0,1,0.1\n")
+    path = tmp_path / "b" / "metrics.csv"
+    path.parent.mkdir()
+    path.write_text(SYNTHETIC_CSV)
+    os.utime(old, (1, 1))
+    assert metrics_csv.newest(tmp_path) == path
+    series = metrics_csv.series(path)
+    assert series["val/acc"] == [(16.0, 0.90), (33.0, 0.95), (50.0, 0.93)]
+    assert series["train/loss_step"] == [(9.0, 0.5)] and "epoch" not in series and "step" not in series
+    assert metrics_csv.values(path, "val/loss") == [0.40, 0.20, 0.25]
+    assert metrics_csv.values(path, "no/such") == []
+    assert metrics_csv.sha256(path) == __import__("hashlib").sha256(path.read_bytes()).hexdigest()
+
+
+def test_sign_flip_is_exact_with_ties():
+    """scipy's permutation test enumerates every sign pattern; ties (equal |sums|) count as extreme."""
+    import itertools
+    import random
+
+    rng = random.Random(0)
+    for _ in range(50):
+        d = [rng.choice([-0.2, -0.1, 0.0, 0.1, 0.3]) for _ in range(rng.randint(2, 9))]
+        observed = abs(sum(d))
+        expected = sum(abs(sum(s * x for s, x in zip(signs, d))) >= observed - 1e-9
+                       for signs in itertools.product((1, -1), repeat=len(d))) / 2 ** len(d)
+        assert C.sign_flip_test(d) == pytest.approx(expected), d
+    assert C.sign_flip_test([0.5]) == 1.0 and math.isnan(C.sign_flip_test([]))
+    with pytest.raises(ValueError):
+        C.sign_flip_test([1.0] * 21)
+
+
 # --------------------------------------------------------------------------- resuming and failures
 
 
 def _fake_subprocess(calls, fail=()):
-    """Stand-in for C.run_child (as subprocess.run): writes a finished run (result.json + metrics.csv)."""
+    """Stand-in for runner.run_child (as subprocess.run): writes a finished run (result.json + metrics.csv)."""
 
     def run(cmd, stdout=None, stderr=None, env=None, timeout=None):
         run_dir = Path(cmd[4])
@@ -167,7 +203,7 @@ def _fake_subprocess(calls, fail=()):
 def test_finished_runs_are_skipped_and_failures_reported(tmp_path, monkeypatch, capsys):
     argv = ["--config", DIGITS, "-r", "dropout", "qsd:gamma=4", "--seeds", "0", "1", "2", "--out", str(tmp_path)]
     calls: list[Path] = []
-    monkeypatch.setattr(C, "run_child", _fake_subprocess(calls, fail={"seed2"}))
+    monkeypatch.setattr(runner, "run_child", _fake_subprocess(calls, fail={"seed2"}))
     assert C.main(argv) == 1  # two runs failed, the grid went on
     assert len(calls) == 6
     err = capsys.readouterr().err
@@ -176,7 +212,7 @@ def test_finished_runs_are_skipped_and_failures_reported(tmp_path, monkeypatch, 
     assert list(frame["status"]) == ["ok", "ok", "failed"] * 2
 
     calls.clear()
-    monkeypatch.setattr(C, "run_child", _fake_subprocess(calls))
+    monkeypatch.setattr(runner, "run_child", _fake_subprocess(calls))
     assert C.main(argv) == 0
     assert sorted(p.name for p in calls) == ["seed2", "seed2"]  # only the unfinished runs ran again
     md = (tmp_path / "results.md").read_text()
@@ -198,7 +234,7 @@ def test_several_baselines_each_get_a_paired_table(tmp_path, monkeypatch):
             "--baseline", "dropout", "dropout:rate=0.6", "--out", str(tmp_path)]
     grid = C.parse_args(argv)
     assert grid.baselines == ["dropout", "dropout:rate=0.6"] and grid.baseline == "dropout"
-    monkeypatch.setattr(C, "run_child", _fake_subprocess([]))
+    monkeypatch.setattr(runner, "run_child", _fake_subprocess([]))
     assert C.main(argv) == 0
     md = (tmp_path / "results.md").read_text()
     first, second = md.split("## Paired against `dropout:rate=0.6` (same seeds)")
@@ -219,7 +255,7 @@ def test_default_baseline_may_be_absent(tmp_path):
 
 def test_validation_table_marks_epochs_not_every_seed_reached(tmp_path, monkeypatch):
     argv = ["--config", DIGITS, "-r", "dropout", "--seeds", "0", "1", "--out", str(tmp_path)]
-    monkeypatch.setattr(C, "run_child", _fake_subprocess([]))
+    monkeypatch.setattr(runner, "run_child", _fake_subprocess([]))
     assert C.main(argv) == 0
     stopped = tmp_path / "runs" / "dropout" / "seed1" / "csv" / "version_0" / "metrics.csv"
     text = stopped.read_text().splitlines()
@@ -243,7 +279,7 @@ def _in_process(cmd, stdout=None, stderr=None, env=None, timeout=None):
 
 
 def test_tiny_real_grid_on_digits(tmp_path, monkeypatch):
-    monkeypatch.setattr(C, "run_child", _in_process)
+    monkeypatch.setattr(runner, "run_child", _in_process)
     out = tmp_path / "grid"
     argv = [
         "--config", DIGITS, "-r", "dropout", "qsd:gamma=4,mode=coupled", "--seeds", "0", "1",

@@ -22,6 +22,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from qsd_lightning import compare as C
+from qsd_lightning.compare import runner
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS = str(REPO / "configs" / "mlp_digits.yaml")
@@ -204,8 +205,7 @@ def test_run_folder_held_by_another_process_is_not_deleted(tmp_path, monkeypatch
         (run_dir / "result.json").write_text(json.dumps({"test": {"test/acc": 0.5}, "metrics_csv": str(csv)}))
         return subprocess.CompletedProcess(cmd, 0)
 
-    monkeypatch.setattr(C, "run_child", fake, raising=False)
-    monkeypatch.setattr(C.subprocess, "run", fake)  # the old runner's way of starting a run
+    monkeypatch.setattr(runner, "run_child", fake)
     try:
         assert C.main(argv) == 1
     finally:
@@ -250,8 +250,7 @@ def _in_process(cmd, stdout=None, stderr=None, env=None, timeout=None):
 
 
 def test_truncated_metrics_csv_is_not_counted_ok_and_is_run_again(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(C, "run_child", _in_process, raising=False)
-    monkeypatch.setattr(C.subprocess, "run", _in_process)  # the old runner's way of starting a run
+    monkeypatch.setattr(runner, "run_child", _in_process)
     argv = ["--config", DIGITS, "-r", "none", "--seeds", "0", "--override", *TINY, "--out", str(tmp_path)]
     assert C.main(argv) == 0
     grid = C.parse_args(argv)
@@ -334,11 +333,11 @@ def test_timeout_kills_the_run_and_what_it_started(tmp_path, monkeypatch):
     script = ("import subprocess, sys, time; "
               "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
               f"open({str(pid_file)!r}, 'w').write(str(p.pid)); time.sleep(120)")
-    monkeypatch.setattr(C, "run_command", lambda grid, run: [sys.executable, "-c", script])
+    monkeypatch.setattr(runner, "run_command", lambda grid, run: [sys.executable, "-c", script])
     grid = C.parse_args(["--config", DIGITS, "-r", "none", "--timeout", "5", "--out", str(tmp_path)])
     [run] = C.plan(grid)
     try:
-        _, ok, message = C.execute(grid, run)
+        _, ok, message = runner.execute(grid, run)
         assert not ok and message.startswith("timed out after 5 s")
         grandchild = int(pid_file.read_text())
         assert _wait_for(lambda: not _alive(grandchild), 10), "the run's own subprocess outlived the timeout"

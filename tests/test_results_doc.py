@@ -1,14 +1,16 @@
-"""scripts/update_results_doc.py: docs/results.md blocks refreshed from the runner's results.md."""
+"""``python -m qsd_lightning.compare update-doc`` (:mod:`qsd_lightning.compare.results_doc`; also
+``scripts/update_results_doc.py``): docs/results.md blocks refreshed from the runner's results.md."""
 
-import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "update_results_doc.py"
-spec = importlib.util.spec_from_file_location("update_results_doc", SCRIPT)
-update_results_doc = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(update_results_doc)
+from qsd_lightning import compare as C
+from qsd_lightning.compare import results_doc
+
+REPO = Path(__file__).resolve().parents[1]
 
 RESULTS = """# mlp_digits: regulariser comparison
 
@@ -56,7 +58,7 @@ def layout(tmp_path):
 
 
 def run(root, doc, *extra):
-    return update_results_doc.main(["--doc", str(doc), "--root", str(root), *extra])
+    return results_doc.main(["--doc", str(doc), "--root", str(root), *extra])
 
 
 def test_block_refreshed_figures_copied_prose_kept(layout):
@@ -135,3 +137,13 @@ def test_only_named_blocks_are_checked(layout, tmp_path, capsys):
     assert before.endswith(tail + "<!-- END results/other -->\n") and after.endswith(tail + "<!-- END results/other -->\n")
     assert run(root, doc, "--check", "--only", "results/nothing") == 2
     assert "no block named results/nothing" in capsys.readouterr().err
+
+
+def test_update_doc_subcommand_and_script(layout, capsys):
+    root, grid, doc = layout
+    assert C.main(["update-doc", "--doc", str(doc), "--root", str(root)]) == 0  # python -m qsd_lightning.compare update-doc
+    assert "1 blocks refreshed" in capsys.readouterr().out
+    assert C.main(["update-doc", "--doc", str(doc), "--root", str(root), "--check"]) == 0
+    script = subprocess.run([sys.executable, str(REPO / "scripts" / "update_results_doc.py"), "--doc", str(doc), "--root", str(root), "--check"],
+                            capture_output=True, text=True, timeout=120)
+    assert script.returncode == 0 and "1 blocks match their results" in script.stdout, script.stderr
