@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import csv
 import math
 
 import pytest
 import torch
 
 from qsd_lightning.callbacks import SparsityMetric, hoyer_sparsity, summarise_release
+from qsd_lightning.compare import metrics_csv
 from qsd_lightning.regularisers import ReleaseStatistics
 from qsd_lightning.tracking import wandb_mode
 from qsd_lightning.wandb_file import find_run_files, read_history
@@ -91,7 +91,7 @@ def test_digits_run_leaves_wandb_and_csv_series(run_cli, offline_wandb):
     # CSV log
     csv_files = list(offline_wandb.rglob("metrics.csv"))
     assert len(csv_files) == 1
-    header = next(csv.reader(csv_files[0].open()))
+    header = list(metrics_csv.read(csv_files[0]).columns)
     assert "quantal/hidden.1.reg/p_mean" in header and "quantal/output_reg/corr_pc" in header
     assert "sparsity/hidden.0.act/hoyer" in header and "sparsity/hidden.1.act/dead_units" in header
     assert "weights/output.weight/std" in header
@@ -107,8 +107,7 @@ def test_digits_run_leaves_wandb_and_csv_series(run_cli, offline_wandb):
     populations = [r["sparsity/hidden.0.act/population"] for r in rows if "sparsity/hidden.0.act/population" in r]
     assert populations and all(0 <= v <= 1 for v in populations)
     # one sparsity row per validation epoch in the CSV log
-    csv_rows = [r for r in csv.DictReader(csv_files[0].open()) if r.get("sparsity/hidden.0.act/population")]
-    assert len(csv_rows) == 2
+    assert len(metrics_csv.values(csv_files[0], "sparsity/hidden.0.act/population")) == 2
 
 
 def test_resume_continues_the_same_wandb_run(run_cli, offline_wandb):
