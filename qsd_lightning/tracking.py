@@ -33,6 +33,7 @@ from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from .errors import ConfigError
+from .regularisers.backend import describe as describe_backend
 
 __all__ = [
     "WandbLogger",
@@ -279,7 +280,7 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
             "params/trainable": sum(p.numel() for p in pl_module.parameters() if p.requires_grad),
         }
         for lg in wandb_loggers:
-            lg.log_hyperparams({**config, **params})
+            lg.log_hyperparams({**config, **params, "qsd_backend": describe_backend()})
 
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict) -> None:
         for lg in trainer.loggers:

@@ -47,7 +47,7 @@ from torch import Tensor, nn
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from qsd_lightning import regularisers as R  # noqa: E402
-from qsd_lightning.regularisers import _ckernel, _triton, fast  # noqa: E402
+from qsd_lightning.regularisers import _ckernel, _triton, backend, fast  # noqa: E402
 
 SHAPES = {
     "MLP [256, 1024]": (256, 1024),
@@ -390,6 +390,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"- command: `python {' '.join(sys.argv)}`")
     print(f"- torch {torch.__version__}, Python {platform.python_version()}, {platform.machine()}, "
           f"{torch.get_num_threads()} CPU threads; load average at start {load}")
+    print(f"- fast-path backends: {backend.describe()}")
     print(f"- fused CPU kernel: {'yes' if _ckernel.available() else 'no (eager fallback)'}; "
           f"CUDA: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}"
           + (f"; Triton kernels: {'yes' if _triton.available() else 'no'}" if torch.cuda.is_available() else ""))

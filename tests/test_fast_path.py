@@ -2,12 +2,16 @@
 
 Given the same draw and mask, the fast path's output and gradient are the reference's bit for
 bit; its masks have exactly the reference's distribution (K < ceil(p 2^24) with a uniform
-24-bit K); it keeps one byte per mask element (plus c per unit) for backward. Timings live in
+24-bit K); it keeps one byte per mask element (plus c per unit) for backward. On CPU the
+compiled kernel and the eager torch backend draw the same streams: a seed gives the same
+masks, draws, outputs and gradients with or without a C compiler (issue 14). The modules
+import one way (layout helpers -> backends -> dispatch). Timings live in
 scripts/benchmark.py, not here.
 """
 
 from __future__ import annotations
 
+import ast
 import math
 import os
 import subprocess
@@ -17,7 +21,7 @@ import textwrap
 import pytest
 import torch
 
-from qsd_lightning.regularisers import QSD, Dropout, _ckernel, build, fast
+from qsd_lightning.regularisers import QSD, Dropout, _ckernel, _eager, _env, _stream, backend as backends, build, fast
 from qsd_lightning.regularisers.functional import QuantalDraw, draw_quanta, release, unit_and_mask_shapes
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
@@ -73,22 +77,6 @@ def test_thresholds_are_ceil_p_2_24():
         assert torch.equal(chi, hi) and torch.equal(clo, lo)
 
 
-class FakeBits(fast.RandomBits):
-    """Bytes and tie bits chosen by the test."""
-
-    def __init__(self, a, low):
-        super().__init__("cpu")
-        self.a, self.low = a, low
-
-    def bytes(self, n):
-        assert n == self.a.numel()
-        return self.a.flatten().clone()
-
-    def low16(self, n):
-        assert n == self.low.numel()
-        return self.low.clone()
-
-
 def test_eager_sampler_decides_exactly_k_lt_t():
     """Every byte value against every threshold, ties resolved by the 16 low bits: the mask
     is exactly 1[K < T], K = a 2^16 + b (a 24-bit uniform when a and b are uniform)."""
@@ -102,7 +90,13 @@ def test_eager_sampler_decides_exactly_k_lt_t():
     # tie bits at the boundary: lo - 1, lo, lo + 1 (clipped) in turn
     offsets = torch.tensor([-1, 0, 1]).repeat(rows * units)[: int(tie.sum())]
     low = (lo_full[tie].long() + offsets).clamp(0, 65535).to(torch.int32)
-    mask = fast.sample_mask(p, (rows, units), FakeBits(a, low))
+    expect_ties = torch.nonzero(tie.flatten()).flatten()
+
+    def low16_at(idx):
+        assert torch.equal(idx, expect_ties)
+        return low.clone()
+
+    mask = _eager.decide(p, (rows, units), a.clone(), low16_at)
     b = torch.zeros(rows, units, dtype=torch.long)
     b[tie] = low.long()
     k = a.long() * 65536 + b
@@ -298,9 +292,9 @@ def test_reference_path_keeps_a_float_per_element():
 def test_modules_use_the_fast_path_and_can_switch_back(monkeypatch):
     x = torch.randn(32, 64, requires_grad=True)
     y = QSD(rate=0.5)(x)
-    assert type(y.grad_fn).__name__.startswith("_Release")
+    assert type(y.grad_fn).__name__.startswith("Release")
     y = Dropout(rate=0.5)(x)
-    assert type(y.grad_fn).__name__.startswith("_Release")  # on CPU, instead of F.dropout
+    assert type(y.grad_fn).__name__.startswith("Release")  # on CPU, instead of F.dropout
     monkeypatch.setattr(fast, "ENABLED", False)
     y = QSD(rate=0.5)(x)
     assert type(y.grad_fn).__name__ == "MulBackward0"
@@ -454,3 +448,149 @@ def test_cuda_release_fraction():
     y = QSD(rate=0.3, gamma=None)(torch.ones(4096, 1024, device="cuda"))
     frac = (y != 0).double().mean().item()
     assert abs(frac - 0.7) < 5 * math.sqrt(0.21 / y.numel())
+
+
+# --------------------------------------------------------------------------- one stream, any backend
+def test_torch_streams_are_the_kernels():
+    """SplitMix64 in torch ops (wrapping int64 arithmetic, masked shifts) = the C kernel's."""
+    if not _ckernel.available():
+        pytest.skip("no C compiler")
+    seed, seed2 = 0x0123456789ABCDEF, 0xFEDCBA9876543210
+    n = 10_007
+    k = _ckernel.uniform24(seed, seed2, 0, n).long()
+    assert torch.equal(_stream.mask_bytes(seed, n).long(), k >> 16)
+    assert torch.equal(_stream.low16(seed2, torch.arange(n)).long(), k & 0xFFFF)
+
+
+@pytest.mark.parametrize("shape", [0.05, 0.3, 1.0, 2.5, 16.0, 1e4])
+def test_torch_gamma_sampler_is_the_kernels(shape):
+    if not _ckernel.available():
+        pytest.skip("no C compiler")
+    for seed in (1, 12345, 2**64 - 7):
+        assert_same_bits(_stream.standard_gamma(shape, (3000,), seed), _ckernel.standard_gamma(shape, (3000,), seed))
+
+
+def run_backend(use_ckernel: bool, monkeypatch, fn):
+    with monkeypatch.context() as m:
+        m.setattr(_ckernel, "ENABLED", use_ckernel)
+        return fn()
+
+
+@pytest.mark.parametrize("name,kwargs", [
+    ("qsd", dict(mode="coupled", gamma=4.0)), ("qsd", dict(mode="release", gamma=16.0)),
+    ("qsd", dict(mode="size", gamma=0.5)), ("qsd", dict(mode="independent", gamma=2.0)),
+    ("dropout", {}), ("qsd", dict(mode="coupled", gamma=4.0, locked_dims=(2,))),
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_same_seed_same_masks_with_or_without_compiler(name, kwargs, dtype, monkeypatch):
+    """Issue 14: the C kernel and the eager fallback (QSD_CKERNEL=0) give identical draws,
+    masks, outputs and gradients for the same seed, QSD and dropout, over several steps."""
+    if not _ckernel.available():
+        pytest.skip("no C compiler")
+    shape = (16, 6, 40)
+
+    def steps():
+        torch.manual_seed(7)
+        m = build(name, rate=0.3, **kwargs).train()
+        m.collect_statistics = True
+        out = []
+        for _ in range(3):
+            x = torch.randn(shape).to(dtype).requires_grad_()
+            y = m(x)
+            g = torch.randn(shape).to(dtype)
+            y.backward(g)
+            st = m.last_statistics
+            out.append((y.detach(), x.grad, st.p, st.c))
+        return out
+
+    with_c = run_backend(True, monkeypatch, steps)
+    without = run_backend(False, monkeypatch, steps)
+    for a, b in zip(with_c, without):
+        for ta, tb in zip(a, b):
+            assert_same_bits(ta, tb)
+
+
+# --------------------------------------------------------------------------- layout and record
+FAST_PATH = ["_env", "_layout", "_stream", "_eager", "_ckernel", "_triton", "fast", "backend"]
+
+
+def package_imports(module: str) -> tuple[set[str], list[str]]:
+    """(fast-path modules imported at top level, imports made inside functions)."""
+    path = os.path.join(os.path.dirname(fast.__file__), module + ".py")
+    tree = ast.parse(open(path).read())
+    in_functions = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+                    for n in ast.walk(f) if isinstance(n, (ast.Import, ast.ImportFrom))}
+    top, nested = set(), []
+    for node in ast.walk(tree):
+        if not isinstance(node, (ast.Import, ast.ImportFrom)):
+            continue
+        if id(node) in in_functions:
+            nested += [node.module or "."] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 1:
+            top.update([node.module] if node.module else [a.name for a in node.names])
+    return top & set(FAST_PATH), nested
+
+
+def test_fast_path_imports_go_one_way():
+    """env -> layout/stream -> backends -> dispatch -> record; no imports inside functions."""
+    for i, module in enumerate(FAST_PATH):
+        top, nested = package_imports(module)
+        assert not nested, f"{module} imports inside a function: {nested}"
+        assert top <= set(FAST_PATH[:i]), f"{module} imports upward: {top - set(FAST_PATH[:i])}"
+    assert package_imports("_ckernel")[0] <= {"_env", "_layout"}
+    assert package_imports("_triton")[0] <= {"_env", "_layout"}
+
+
+def test_flags_are_parsed_once_and_reloadable(monkeypatch):
+    saved = (_env.flags(), fast.ENABLED, _ckernel.ENABLED, fast._triton.ENABLED)
+    try:
+        for env in (dict(QSD_FAST="off", QSD_CKERNEL="0", QSD_TRITON="No"), dict(QSD_FAST="1", QSD_CKERNEL="yes", QSD_TRITON="1")):
+            for k, v in env.items():
+                monkeypatch.setenv(k, v)
+            new = backends.reload_flags()
+            on = env["QSD_FAST"] == "1"
+            assert new == _env.Flags(fast=on, ckernel=on, triton=on) == _env.flags()
+            assert fast.ENABLED is on and _ckernel.ENABLED is on and fast._triton.ENABLED is on
+            assert backends.describe()["cpu"] == ("reference" if not on else ("c-kernel" if _ckernel.available() else "torch"))
+            assert backends.describe()["flags"] == f"QSD_FAST={int(on)} QSD_CKERNEL={int(on)} QSD_TRITON={int(on)}"
+    finally:
+        _env.set_flags(saved[0])
+        fast.ENABLED, _ckernel.ENABLED, fast._triton.ENABLED = saved[1:]
+    with pytest.raises(Exception):
+        _env.flags().fast = False  # frozen
+
+
+def test_describe_is_a_plain_record(tmp_path):
+    record = backends.describe()
+    assert set(record) >= {"cpu", "cuda", "torch", "lightning", "compiler", "stream", "flags"}
+    assert all(v is None or isinstance(v, str) for v in record.values())
+    assert record["torch"] == torch.__version__
+    assert record["cpu"] in ("c-kernel", "torch", "reference")
+    assert (record["compiler"] is not None) == (record["cpu"] == "c-kernel")
+    torch.save({"qsd_backend": record}, tmp_path / "ckpt")
+    assert torch.load(tmp_path / "ckpt", weights_only=True)["qsd_backend"] == record
+
+
+def test_checkpoints_record_the_backend(tmp_path):
+    from types import SimpleNamespace
+
+    from qsd_lightning.callbacks import RNGStateCheckpoint
+
+    checkpoint: dict = {}
+    trainer = SimpleNamespace(global_rank=0, state=SimpleNamespace(fn=None), sanity_checking=False)
+    RNGStateCheckpoint().on_save_checkpoint(trainer, None, checkpoint)
+    assert checkpoint["qsd_backend"] == backends.describe()
+
+
+@cuda
+def test_cuda_streams_and_eager_backend(monkeypatch):
+    """The streams computed on the GPU are the CPU's (int64 wrap-around there too), and the
+    eager backend (Triton off) releases on CUDA with the reference's product."""
+    assert torch.equal(_stream.mask_bytes(11, 4099, "cuda").cpu(), _stream.mask_bytes(11, 4099))
+    idx = torch.arange(5000)
+    assert torch.equal(_stream.low16(12, idx.cuda()).cpu(), _stream.low16(12, idx))
+    monkeypatch.setattr(fast._triton, "ENABLED", False)
+    x = torch.randn(64, 96, device="cuda", requires_grad=True)
+    draw = draw_quanta((1, 96), 0.3, 4.0, "coupled", device="cuda")
+    y, mask = fast.fast_release(x, draw, (64, 96))
+    assert_same_bits(y, reference_multiply(x.detach(), mask, draw.c))

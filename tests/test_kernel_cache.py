@@ -191,8 +191,12 @@ def test_files_or_directory_of_another_user_are_not_loaded(seed, planted_lib, tm
 def test_cache_key_tracks_source_cpu_and_python(monkeypatch):
     key = _ckernel._cache_key()
     assert key == _ckernel._cache_key()
+    assert key == _ckernel._cache_key(_ckernel.SOURCE_PATH.read_bytes())  # the shipped .c file
     with monkeypatch.context() as m:
-        m.setattr(_ckernel, "_SOURCE", _ckernel._SOURCE + "\n/* changed */\n")
+        m.setattr(_ckernel, "source", lambda: _ckernel.SOURCE_PATH.read_bytes() + b"\n/* changed */\n")
+        assert _ckernel._cache_key() != key
+    with monkeypatch.context() as m:
+        m.setattr(_ckernel, "_FLAGS", _ckernel._FLAGS + ["-O2"])
         assert _ckernel._cache_key() != key
     with monkeypatch.context() as m:
         m.setattr(_ckernel, "_cpu_signature", lambda: "another cpu")
@@ -200,3 +204,40 @@ def test_cache_key_tracks_source_cpu_and_python(monkeypatch):
     with monkeypatch.context() as m:
         m.setattr(sys, "version", sys.version + " (another build)")
         assert _ckernel._cache_key() != key
+
+
+def test_source_is_a_real_file_shipped_as_package_data():
+    assert _ckernel.SOURCE_PATH.name == "qsd_kernels.c" and _ckernel.SOURCE_PATH.is_file()
+    assert b"qsd_fwd_##SUF" in _ckernel.source()
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert "qsd_kernels.c" in pyproject  # [tool.setuptools.package-data]
+
+
+def test_missing_compiler_warns_once_and_is_recorded(tmp_path):
+    """No compiler: one warning naming the reason, the eager backend, and describe() says so."""
+    code = textwrap.dedent(
+        """
+        import json, warnings
+        import torch
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            from qsd_lightning.regularisers import QSD, Dropout, backend
+            x = torch.randn(64, 32, requires_grad=True)
+            for _ in range(3):
+                QSD(rate=0.5)(x).sum().backward()
+                Dropout(rate=0.5)(x).sum().backward()
+            record = backend.describe()
+        messages = [str(w.message) for w in caught if "qsd_lightning" in str(w.message)]
+        print("RESULT " + json.dumps({"warnings": messages, "record": record}))
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "QSD_CKERNEL"}
+    env.update(QSD_KERNEL_CACHE=str(tmp_path / "cache"), CC=str(tmp_path / "no-such-cc"), PYTHONWARNINGS="default")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.split("RESULT ", 1)[1].splitlines()[0])
+    assert len(result["warnings"]) == 1, result
+    assert "fused CPU kernel unavailable" in result["warnings"][0] and "no-such-cc" in result["warnings"][0]
+    record = result["record"]
+    assert record["cpu"] == "torch" and record["compiler"] is None
+    assert "no-such-cc" in record["cpu_fallback"]

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ..data.resumable import trained_batches_mid_epoch
+from ..regularisers.backend import describe as describe_backend
 
 __all__ = ["RankNoiseSeed", "RNGStateCheckpoint", "rank_seed"]
 
@@ -82,6 +83,7 @@ class RNGStateCheckpoint(L.Callback):
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         checkpoint.setdefault("rng_states", {})[trainer.global_rank] = _collect()
         checkpoint["rng_mid_epoch"] = trained_batches_mid_epoch(trainer) is not None
+        checkpoint["qsd_backend"] = describe_backend()  # which fast-path backend drew the masks
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         self._pending = checkpoint.get("rng_states", {}).get(trainer.global_rank)

@@ -1,10 +1,11 @@
 """Fused CUDA kernels (Triton) for the fast release path; import-safe without Triton or CUDA.
 
-Triton is imported lazily, only when a CUDA tensor reaches :func:`usable`; set
-``QSD_TRITON=0`` to use the eager torch ops instead. The forward draws a Philox uniform per
+Triton is imported lazily, only when a CUDA tensor reaches :func:`usable` (importing it
+costs seconds); set ``QSD_TRITON=0`` to use the eager torch backend instead. Where Triton is
+enabled but cannot be imported, one :class:`._env.BackendWarning` says so. The forward draws a Philox uniform per
 element (``tl.randint``, keyed by a seed drawn from torch's CPU generator, so no device sync),
 keeps its top 24 bits K and releases iff K < ceil(p 2^24) (the CPU reference's resolution,
-see :func:`.fast.thresholds`), writing y = x * (m ? c : 0) and the mask byte in one pass.
+see :func:`._layout.thresholds`), writing y = x * (m ? c : 0) and the mask byte in one pass.
 Backward is one pass too: grad * (m ? c : 0).
 
 The products are computed in float32 (float64 for float64 inputs) and rounded once to the
@@ -14,14 +15,18 @@ native ``x * (m * c).to(dtype)`` bit for bit.
 
 from __future__ import annotations
 
-import os
+import importlib
 
 import torch
 from torch import Tensor
 
-__all__ = ["available", "usable", "release", "scale"]
+from ._env import flags, warn_fallback
+from ._layout import Release, suffix_shape, unit_arrays
 
-ENABLED = os.environ.get("QSD_TRITON", "1").lower() not in ("0", "false", "no", "off")
+__all__ = ["available", "usable", "release", "scale", "failure"]
+
+ENABLED = flags().triton
+_failure: str | None = None
 _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _BLOCK = 1024
 _kernels = None
@@ -30,14 +35,17 @@ _tried = False
 
 def _build():
     """Import Triton and define the kernels (once); None when Triton is unusable."""
-    global _kernels, _tried
+    global _kernels, _tried, _failure
     if _tried:
         return _kernels
     _tried = True
-    try:
-        import triton
-        import triton.language as tl
-    except Exception:  # not installed, or broken: eager path
+    try:  # an optional dependency: imported on first use only
+        triton = importlib.import_module("triton")
+        tl = importlib.import_module("triton.language")
+    except Exception as err:  # not installed, or broken: eager path
+        _failure = f"cannot import triton: {err}"
+        if torch.cuda.is_available():
+            warn_fallback("Triton CUDA kernels", _failure, "the eager torch backend")
         return None
 
     @triton.jit
@@ -55,7 +63,7 @@ def _build():
             c = tl.load(c_ptr + j, mask=valid, other=0.0)
         else:
             c = tl.load(c_ptr)
-        # T = ceil(p 2^24), NaN and p <= 0 -> 0, p >= 1 -> 2^24 (as fast.thresholds)
+        # T = ceil(p 2^24), NaN and p <= 0 -> 0, p >= 1 -> 2^24 (as _layout.thresholds)
         p = tl.where(p > 0.0, p, 0.0)
         p = tl.minimum(p, 1.0)
         f = p * 16777216.0
@@ -98,6 +106,11 @@ def available() -> bool:
     return ENABLED and torch.cuda.is_available() and _build() is not None
 
 
+def failure() -> str | None:
+    """Why the kernels are unavailable (None if they loaded, or were never tried)."""
+    return _failure
+
+
 def _supported(x: Tensor) -> bool:
     return x.dtype in _DTYPES and x.numel() > 0 and x.numel() < 2**31
 
@@ -137,8 +150,6 @@ def _scaler(units: int):
 
 def scale(x: Tensor, mask: Tensor, c: Tensor) -> Tensor:
     """``x * (mask * c).to(x.dtype)`` in one pass (``c`` already in x's dtype)."""
-    from .fast import unit_arrays
-
     arrays = unit_arrays(tuple(x.shape), c)
     if arrays is None:
         raise ValueError("scale: c does not broadcast to x as a per-unit value")
@@ -146,17 +157,14 @@ def scale(x: Tensor, mask: Tensor, c: Tensor) -> Tensor:
     return _scaler(units)(x, mask.contiguous(), cf)
 
 
-def release(x: Tensor, draw, mask_shape, bits) -> tuple[Tensor, Tensor]:
-    """Fused sample-and-scale forward of :func:`.fast.fast_release` (same contract)."""
-    from ._ckernel import _suffix_shape
-    from .fast import _Release, masked_scale, sample_mask, unit_arrays
-
+def release(x: Tensor, draw, mask_shape, bits) -> tuple[Tensor, Tensor] | None:
+    """Fused sample-and-scale forward of :func:`.fast.fast_release` (same contract); None
+    (nothing drawn) for a layout it does not handle."""
     shape = tuple(x.shape)
     c = draw.c.to(device=x.device, dtype=x.dtype)
     arrays = unit_arrays(shape, draw.p.to(x.device), c)
-    if arrays is None:  # exotic broadcast: eager path
-        mask = sample_mask(draw.p, mask_shape, bits, device=x.device)
-        return masked_scale(x, mask, draw.c), mask
+    if arrays is None:  # exotic broadcast: the dispatcher uses the eager backend
+        return None
     (pf, cf), units = arrays
     pf = pf.float().contiguous()
     (seed,) = bits.seeds(1)
@@ -174,4 +182,4 @@ def release(x: Tensor, draw, mask_shape, bits) -> tuple[Tensor, Tensor]:
         )
         return y, mask
 
-    return _Release.apply(x, cf, compute, _scaler(units), _suffix_shape(shape, units if cf.dim() else 0))
+    return Release.apply(x, cf, compute, _scaler(units), suffix_shape(shape, units if cf.dim() else 0))
