@@ -307,6 +307,29 @@ def test_tiny_real_grid_on_digits(tmp_path, monkeypatch):
         assert (run.dir / "csv" / "version_0" / "metrics.csv").is_file()
 
 
+def test_runs_record_their_backend_and_the_report_refuses_to_pool_different_ones(tmp_path, monkeypatch, capsys):
+    """Each result.json records the fast-path backend; a grid whose runs used different backends
+    (a seed would not mean the same masks) is refused in one line, naming the runs."""
+    import json
+
+    from qsd_lightning.regularisers.backend import describe
+
+    monkeypatch.setattr(runner, "run_child", _in_process)
+    out = tmp_path / "grid"
+    argv = ["--config", DIGITS, "-r", "dropout", "--seeds", "0", "1", "--override", "trainer.max_epochs=1",
+            "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "--out", str(out)]
+    assert C.main(argv) == 0
+    runs = list(C.plan(C.parse_args(argv)))
+    results = [json.loads((run.dir / "result.json").read_text()) for run in runs]
+    assert all(r["backend"] == describe() for r in results)
+    odd = dict(results[1], backend=dict(results[1]["backend"], cpu="torch", stream="numpy"))
+    (runs[1].dir / "result.json").write_text(json.dumps(odd))
+    capsys.readouterr()
+    assert C.main([*argv, "--report-only"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "different fast-path backends" in err[0] and "dropout seed 1" in err[0], err
+
+
 @pytest.mark.skipif(not os.environ.get("QSD_SLOW_TESTS"), reason="real subprocesses (~30 s each); set QSD_SLOW_TESTS=1")
 def test_tiny_grid_in_subprocesses(tmp_path):
     cmd = [sys.executable, "-m", "qsd_lightning.compare", "--config", DIGITS, "-r", "none", "--seeds", "0",

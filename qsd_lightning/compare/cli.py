@@ -21,14 +21,14 @@ from typing import Sequence
 
 from ..errors import UserError
 from . import results_doc
-from .collect import collect, validation_curves
+from .collect import check_one_backend, collect, validation_curves
 from .locks import GRID_LOCK, FolderLock, OutputFolderError, fcntl
 from .plan import plan, run_command
 from .plots import plot
 from .report import write_report
 from .run import main_run
 from .runner import run_grid
-from .spec import GridArgs, parse_args
+from .spec import GridArgs, GridError, parse_args
 
 __all__ = ["main"]
 
@@ -79,6 +79,7 @@ def _main_grid(grid: GridArgs) -> int:
             (grid.out / "grid.json").write_text(json.dumps({"argv": grid.argv, "command": grid.command}, indent=1))
         failures = [] if grid.report_only else run_grid(grid)
         frame = collect(grid)
+        check_one_backend(frame)
         curves = validation_curves(frame)  # every run's metrics.csv read once, for the plot and the table
         notes: list[str] = []
         plot(frame, grid, curves, notes)
@@ -109,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return _main_grid(grid)
-    except UserError as err:
+    except (UserError, GridError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

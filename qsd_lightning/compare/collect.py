@@ -7,12 +7,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from . import metrics_csv
 from .locks import RUN_LOCK, lock_holder
 from .plan import Run, plan
-from .spec import GridArgs
+from .spec import GridArgs, GridError
 
 __all__ = ["RunState", "inspect_run", "collect", "primary_metric", "validation_curves"]
 
@@ -90,6 +90,7 @@ def collect(grid: GridArgs):
             continue
         result, csv_path = state.result, state.metrics_csv
         row["seconds"] = result.get("seconds")
+        row["backend"] = backend_key(result.get("backend"))
         row["checkpoint"] = result.get("checkpoint")
         row["metrics_csv"] = csv_path
         metrics = metrics_csv.summarise(csv_path) if csv_path and Path(csv_path).is_file() else {}
@@ -102,6 +103,31 @@ def collect(grid: GridArgs):
     if "test/acc" in frame.columns:
         frame["test/error"] = 100.0 * (1.0 - frame["test/acc"])
     return frame
+
+
+def backend_key(record: Optional[dict]) -> str:
+    """What decides a run's random masks: the CPU and CUDA backends and the random stream
+    (``qsd_lightning.regularisers.backend.describe()``, recorded in ``result.json``)."""
+    if not record:
+        return "unrecorded"
+    return f"cpu={record.get('cpu')}, cuda={record.get('cuda')}, stream={record.get('stream')}"
+
+
+def check_one_backend(frame) -> None:
+    """Refuse to pool runs whose masks came from different backends: a seed would not mean the
+    same masks across them (a :class:`GridError`, one line)."""
+    if "backend" not in frame.columns:
+        return
+    ok = frame[frame["status"] == "ok"]
+    kinds = ok.groupby("backend")
+    if kinds.ngroups <= 1:
+        return
+    parts = [f"{key} ({', '.join(f'{r} seed {s}' for r, s in zip(g['regulariser'], g['seed']))})" for key, g in kinds]
+    raise GridError(
+        "runs of this grid used different fast-path backends, so a seed does not mean the same masks across "
+        f"them: {'; '.join(parts)}. Re-run the odd ones on one machine setup (delete their run folders), "
+        "or put each setup in its own --out"
+    )
 
 
 def validation_curves(frame) -> tuple[str, dict]:

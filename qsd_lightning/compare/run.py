@@ -64,6 +64,7 @@ def run_one(run_dir: Path, cli_args: list[str]) -> dict:
     ends, so a log truncated or overwritten later is not taken for this run's.
     """
     from ..cli import cli_main, finish_wandb_runs
+    from ..regularisers.backend import describe
     from lightning.pytorch.loggers import CSVLogger
 
     start = time.time()
@@ -92,6 +93,7 @@ def run_one(run_dir: Path, cli_args: list[str]) -> dict:
         "epochs": trainer.current_epoch,
         "seconds": time.time() - start,
         "cli_args": cli_args,
+        "backend": describe(),  # fast-path backends and library versions this run used
     }
     if trainer.is_global_zero:  # one writer (DDP ranks > 0 return the same result)
         tmp = run_dir / (RESULT_FILE + ".tmp")
