@@ -63,9 +63,10 @@ def test_rate_zero_is_identity(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_repr_shows_settings(name):
-    text = repr(build(name, rate=0.25))
+    module = build(name, rate=0.25)
+    text = repr(module)
+    assert text.startswith(type(module).__name__ + "(") and text.endswith(")")
     assert "rate=0.25" in text
-    assert not text.startswith(name + "(") or name == type(build(name)).__name__
 
 
 @pytest.mark.parametrize("name", NAMES)
