@@ -39,7 +39,7 @@ def test_ddp_fit_mlp_two_epochs(tmp_path):
     assert float(last_csv_row(tmp_path, "quantal/hidden.1.reg/release_fraction")) > 0
 
 
-@pytest.mark.parametrize("arch", ["cnn", "lstm_lm", "sentiment"])
+@pytest.mark.parametrize("arch", ["cnn", "lstm_lm", "transformer_lm", "sentiment"])
 def test_ddp_fit_other_architectures(arch, tmp_path):
     from .test_matrix import architecture_args, build_tiny_data
 

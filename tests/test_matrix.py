@@ -18,6 +18,7 @@ from .test_lm import TINY as LM_TINY
 from .test_lm import write_ptb
 from .test_sentiment import SMALL as SENTIMENT_SMALL
 from .test_sentiment import write_tsv
+from .test_transformer import TINY as TRANSFORMER_TINY
 from qsd_lightning.data.cifar import write_cifar_pickles  # noqa: E402
 
 
@@ -42,13 +43,15 @@ def architecture_args(arch: str, data) -> list[str]:
                 "--data.val_size=8", "--data.batch_size=8", "--data.download=false"]
     if arch == "lstm_lm":
         return ["--config", str(CONFIGS / "lstm_ptb.yaml"), f"--data.data_dir={data / 'ptb'}", *LM_TINY]
+    if arch == "transformer_lm":
+        return ["--config", str(CONFIGS / "transformer_ptb.yaml"), f"--data.data_dir={data / 'ptb'}", *TRANSFORMER_TINY]
     if arch == "sentiment":
         return ["--config", str(CONFIGS / "rnn_sst2.yaml"), f"--data.data_dir={data / 'sst2'}", *SENTIMENT_SMALL]
     raise ValueError(arch)
 
 
 @pytest.mark.parametrize("name", available())
-@pytest.mark.parametrize("arch", ["mlp", "cnn", "lstm_lm", "sentiment"])
+@pytest.mark.parametrize("arch", ["mlp", "cnn", "lstm_lm", "transformer_lm", "sentiment"])
 def test_architecture_with_regulariser_bf16(arch, name, tiny_data, run_cli):
     cli = run_cli(
         "fit", *architecture_args(arch, tiny_data), f"--model.regulariser={name}", "--model.regulariser.rate=0.3",

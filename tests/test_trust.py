@@ -156,3 +156,36 @@ def test_nan_loss_stops_with_the_step(capsys, tmp_path):
                           f"--trainer.default_root_dir={tmp_path}", "--model.optimizer=torch.optim.SGD",
                           "--model.optimizer.lr=1e30", "--model.batch_norm=false", "--trainer.max_epochs=3"], capsys)
     assert code == 1 and "non-finite training loss" in err and "global step" in err
+
+
+# ------------------------------------------------------------------- the Transformer language model
+def transformer_args(tmp_path) -> list[str]:
+    from .test_lm import write_ptb
+    from .test_transformer import CONFIG, TINY
+
+    data = write_ptb(tmp_path / "ptb")
+    return ["--config", str(CONFIG), f"--data.data_dir={data}", *TINY, "--model.regulariser=qsd",
+            "--trainer.limit_train_batches=6", "--trainer.limit_val_batches=3"]
+
+
+def test_transformer_same_seed_same_metrics(run_cli, tmp_path):
+    args = transformer_args(tmp_path)
+    results = []
+    for i in range(2):
+        cli = run_cli("fit", *args, "--trainer.max_epochs=2", "--trainer.logger=false",
+                      f"--trainer.default_root_dir={tmp_path / str(i)}")
+        results.append({k: v.item() for k, v in cli.trainer.callback_metrics.items()})
+    assert results[0] == results[1]
+    assert "val/ppl" in results[0]
+
+
+def test_transformer_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
+    """The per-step warmup/cosine schedule and the QSD counters resume exactly from last.ckpt."""
+    common = ["fit", *transformer_args(tmp_path), "--trainer.max_epochs=3", "--model.warmup_steps=4", "--model.cosine_steps=10"]
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    straight.mkdir(), broken.mkdir()
+    cli_subprocess(common, straight)
+    killed = cli_subprocess([*common, "--trainer.callbacks+=tests.test_trust.KillAtStep", "--trainer.callbacks.step=15"], broken, check=False)
+    assert killed.returncode == -signal.SIGKILL
+    cli_subprocess([*common, "--ckpt_path=last"], broken)
+    assert final_val_loss(straight)[-1] == final_val_loss(broken)[-1]

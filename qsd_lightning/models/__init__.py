@@ -4,5 +4,6 @@ from .cnn import ConvNet, WideResNet
 from .language_model import LSTMLanguageModel
 from .mlp import MLP, RegulariserFactory
 from .sentiment import RecurrentClassifier
+from .transformer import TransformerLanguageModel
 
-__all__ = ["ConvNet", "LSTMLanguageModel", "MLP", "RecurrentClassifier", "RegulariserFactory", "WideResNet"]
+__all__ = ["ConvNet", "LSTMLanguageModel", "MLP", "RecurrentClassifier", "RegulariserFactory", "TransformerLanguageModel", "WideResNet"]

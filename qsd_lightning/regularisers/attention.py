@@ -18,6 +18,12 @@ bit for bit those of the original model.
 * Hugging Face: an attention function registered with ``transformers.AttentionInterface``
   (``regularised_sdpa``, ``regularised_eager``) wraps the model's implementation
   (:func:`install_hf_attention`).
+
+:func:`attend` is the entry point for models that hold their attention regulariser themselves
+(this project's :class:`~qsd_lightning.models.TransformerLanguageModel`): where the regulariser
+applies, :func:`regularised_sdpa`, the same function the router calls for ``replace_dropout``'s
+fused-attention sites; where it is the identity (eval, rate 0, ``none``), the fused kernel
+without dropout, as the router does.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ __all__ = [
     "SDPA_ARGS",
     "MHA_BODY",
     "applies",
+    "attend",
     "bind_sdpa",
     "regularised_sdpa",
     "timm_unfused_in_training",
@@ -51,7 +58,7 @@ def applies(regulariser: nn.Module) -> bool:
     """Whether ``regulariser`` changes its input now (training, rate > 0, not the identity)."""
     from .quantal import NoRegulariser
 
-    identity = isinstance(regulariser, NoRegulariser)
+    identity = isinstance(regulariser, (NoRegulariser, nn.Identity))
     return bool(regulariser.training and getattr(regulariser, "rate", 1.0) and not identity)
 
 
@@ -102,6 +109,34 @@ def regularised_sdpa(
     probs = softmax(scores, -1) if softmax is not None else torch.softmax(scores, -1)
     probs = regulariser(probs.to(value.dtype))
     return probs @ value
+
+
+def attend(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attn_mask: Optional[Tensor] = None,
+    is_causal: bool = False,
+    scale: Optional[float] = None,
+    enable_gqa: bool = False,
+    *,
+    regulariser: nn.Module,
+    fused: Optional[Callable[..., Tensor]] = None,
+) -> Tensor:
+    """Attention whose probabilities go through ``regulariser``:
+    ``softmax(Q K^T scale + mask) -> regulariser -> @ V``.
+
+    Where the regulariser changes its input (:func:`applies`: training, rate > 0, not the
+    identity) the probabilities are computed explicitly (:func:`regularised_sdpa`); otherwise
+    the fused kernel ``fused`` (default ``F.scaled_dot_product_attention``) runs with
+    ``dropout_p=0``, which equals the explicit path within float tolerance. ``query`` ``[B, H,
+    L, E]``, ``key`` / ``value`` ``[B, H, S, E]``; the regulariser sees ``[B, H, L, S]``.
+    """
+    if applies(regulariser):
+        return regularised_sdpa(query, key, value, attn_mask, 0.0, is_causal, scale, enable_gqa, regulariser=regulariser)
+    fused = F.scaled_dot_product_attention if fused is None else fused
+    kwargs = {"enable_gqa": True} if enable_gqa else {}
+    return fused(query, key, value, attn_mask=attn_mask, dropout_p=0.0, is_causal=is_causal, scale=scale, **kwargs)
 
 
 def _body_without_dispatch(fn: Callable) -> Optional[Callable]:

@@ -3,6 +3,7 @@
 from .classification import ClassificationTask, MLPClassifier
 from .language_model import LanguageModel
 from .sentiment import SentimentClassifier
+from .transformer_lm import TransformerLM
 from .vision import CNNClassifier, WRNClassifier
 
-__all__ = ["CNNClassifier", "ClassificationTask", "LanguageModel", "MLPClassifier", "SentimentClassifier", "WRNClassifier"]
+__all__ = ["CNNClassifier", "ClassificationTask", "LanguageModel", "MLPClassifier", "SentimentClassifier", "TransformerLM", "WRNClassifier"]
