@@ -37,7 +37,7 @@ def test_qsd_statistics_on_cuda():
 
 
 @pytest.mark.parametrize("precision", ["16-mixed", "bf16-mixed"])
-@pytest.mark.parametrize("arch", ["mlp", "cnn", "lstm_lm", "sentiment"])
+@pytest.mark.parametrize("arch", ["mlp", "cnn", "lstm_lm", "transformer_lm", "sentiment"])
 def test_fit_on_gpu_mixed_precision(arch, precision, tmp_path, monkeypatch):
     from qsd_lightning.cli import cli_main
 

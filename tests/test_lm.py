@@ -23,7 +23,6 @@ from qsd_lightning.tasks import LanguageModel
 from qsd_lightning.tasks.language_model import VocabularyMismatchError
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "lstm_ptb.yaml"
-SHARED_PTB = Path(__file__).resolve().parents[2] / "shared" / "data" / "ptb"
 WORDS = ["the", "a", "cat", "dog", "sat", "on", "mat", "<unk>", "N", "ran"]
 VOCAB = len(WORDS) + 1  # + <eos>
 TINY = ["--model.embedding_size=8", "--model.hidden_size=8", "--data.batch_size=2", "--data.bptt=5", f"--model.vocab_size={VOCAB}"]
@@ -208,11 +207,6 @@ def test_config_states_zaremba_medium():
     assert args["loss_sum_over_time"] is True and args["optimizer"]["init_args"]["lr"] == 1.0
     assert cfg["trainer"]["gradient_clip_val"] == 5.0 and cfg["trainer"]["max_epochs"] == 39
     assert cfg["data"]["init_args"]["data_dir"] == "data/ptb"
-
-
-@pytest.mark.skipif(not (SHARED_PTB / "ptb.train.txt").is_file(), reason="no shared PTB copy")
-def test_real_ptb_vocab_matches_config():
-    assert PTBDataModule(str(SHARED_PTB), save_vocab=False).vocab_size == 10000
 
 
 def test_fit_fast_dev_run(ptb_dir, run_cli):

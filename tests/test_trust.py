@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import os
 import signal
 import subprocess
@@ -14,6 +13,7 @@ import torch
 
 from qsd_lightning.callbacks import RankNoiseSeed, rank_seed
 from qsd_lightning.cli import main
+from qsd_lightning.compare import metrics_csv
 from qsd_lightning.regularisers import QSD
 
 from .conftest import CONFIGS, REPO
@@ -33,10 +33,8 @@ class KillAtStep(L.Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def final_val_loss(root) -> list[str]:
-    newest = max(root.rglob("metrics.csv"), key=lambda p: p.stat().st_mtime)
-    rows = list(csv.DictReader(newest.open()))
-    return [r["val/loss"] for r in rows if r.get("val/loss")]
+def final_val_loss(root) -> list[float]:
+    return metrics_csv.values(metrics_csv.newest(root), "val/loss")
 
 
 def cli_subprocess(args, cwd, check=True):

@@ -10,7 +10,7 @@
 arguments (``qsd:gamma=4,mode=release,rate=0.5``); give it as often as you like, several QSD
 settings included. Arguments not given keep the config's values (its ``rate``, for one).
 ``--override KEY=VALUE`` is any CLI option without its dashes (``trainer.max_epochs=10``,
-``data.data_dir=../shared/data/mnist``).
+``data.data_dir=/path/to/mnist``).
 
 Every run is one subprocess (``python -m qsd_lightning.compare _run``) that builds the
 LightningCLI exactly as ``python -m qsd_lightning fit`` does, fits, then tests the best

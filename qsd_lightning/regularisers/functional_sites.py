@@ -729,9 +729,8 @@ class DropoutRouter(TorchFunctionMode):
         site = self._target(float(bound["dropout_p"]), "F.scaled_dot_product_attention", "attention", None)
         if site is None:
             return func(*args, **kwargs)
-        if not _attention.applies(site):
-            return func(**{**bound, "dropout_p": 0.0})
-        return _attention.regularised_sdpa(**bound, regulariser=site)
+        bound.pop("dropout_p")
+        return _attention.attend(**bound, regulariser=site, fused=func)  # the Transformer LM's attention too
 
     def _mha(self, func, args, kwargs):
         dropout_p = args[10] if len(args) > 10 else kwargs.get("dropout_p", 0.0)
