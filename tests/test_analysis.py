@@ -11,7 +11,7 @@ from qsd_lightning.callbacks import SparsityMetric, hoyer_sparsity, summarise_re
 from qsd_lightning.compare import metrics_csv
 from qsd_lightning.regularisers import ReleaseStatistics
 from qsd_lightning.tracking import wandb_mode
-from qsd_lightning.wandb_file import find_run_files, read_history
+from .wandb_file import find_run_files, read_history
 
 from .conftest import CONFIGS
 
