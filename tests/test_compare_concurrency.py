@@ -24,6 +24,8 @@ from lightning.pytorch.callbacks import Callback
 from qsd_lightning import compare as C
 from qsd_lightning.compare import runner
 
+pytestmark = pytest.mark.slow  # subprocesses and process groups
+
 REPO = Path(__file__).resolve().parents[1]
 DIGITS = str(REPO / "configs" / "mlp_digits.yaml")
 TINY = ["trainer.max_epochs=2", "trainer.limit_train_batches=2", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2"]

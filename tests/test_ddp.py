@@ -12,6 +12,8 @@ from qsd_lightning.compare import metrics_csv
 from .conftest import CONFIGS
 from .test_trust import cli_subprocess
 
+pytestmark = pytest.mark.slow  # subprocesses and process groups
+
 DIGITS = str(CONFIGS / "mlp_digits.yaml")
 DDP = ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu"]
 

@@ -234,6 +234,7 @@ CHILD = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["silent", "hanging_graphql"])
 def test_unanswering_server_still_trains_offline(kind, request, tmp_path):
     server = request.getfixturevalue("silent_server" if kind == "silent" else "http_server")

@@ -65,6 +65,7 @@ def test_seed_is_in_the_saved_config(run_cli, tmp_path, monkeypatch):
     assert "seed_everything: 123" in text
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     common = ["fit", "--config", DIGITS, *SMALL, "--trainer.max_epochs=3"]
     straight, broken = tmp_path / "straight", tmp_path / "broken"
@@ -177,6 +178,7 @@ def test_transformer_same_seed_same_metrics(run_cli, tmp_path):
     assert "val/ppl" in results[0]
 
 
+@pytest.mark.slow
 def test_transformer_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     """The per-step warmup/cosine schedule and the QSD counters resume exactly from last.ckpt."""
     common = ["fit", *transformer_args(tmp_path), "--trainer.max_epochs=3", "--model.warmup_steps=4", "--model.cosine_steps=10"]
