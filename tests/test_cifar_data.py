@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import socket
 import tarfile
 from pathlib import Path
 
@@ -16,9 +17,10 @@ from qsd_lightning.data.cifar import (
     CIFARDataModule,
     random_crop_flip,
     read_cifar,
-    write_cifar_pickles,
-    write_image_folder,
 )
+from qsd_lightning.data import cifar
+
+from .data_builders import write_cifar_pickles, write_image_folder
 
 
 def tiny_arrays(n: int, num_classes: int = 10, seed: int = 0):
@@ -186,15 +188,62 @@ def test_not_found_message(tmp_path):
 
 
 def test_download_failure_is_data_not_found(tmp_path, monkeypatch):
-    import torchvision.datasets
-
     def offline(*args, **kwargs):
         raise OSError("network unreachable")
 
-    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    monkeypatch.setattr(cifar, "download", offline)
+    monkeypatch.setattr(cifar, "probe_urls", lambda urls: None)  # the server answers, the download fails
     dm = CIFARDataModule(data_dir=str(tmp_path), download=True)
     with pytest.raises(DataNotFoundError, match="download failed: network unreachable"):
         dm.prepare_data()
+    # unreachable server: the probe stops it in seconds, torchvision is never asked
+    monkeypatch.setattr(cifar, "probe_urls", lambda urls: "cannot reach www.cs.toronto.edu: refused")
+    monkeypatch.setattr(cifar, "download", lambda *a, **k: pytest.fail("download attempted"))
+    with pytest.raises(DataNotFoundError, match="download failed: cannot reach www.cs.toronto.edu"):
+        dm.prepare_data()
+    assert socket.getdefaulttimeout() is None  # no process-wide timeout is set
+
+
+def _fake_download(archive_of):
+    """A stand-in for ``network.download`` that writes ``archive_of(path)``."""
+
+    def download(url, path, md5=None, timeout=None):
+        assert url.endswith(Path(path).name) and len(md5) == 32
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        archive_of(Path(path))
+
+    return download
+
+
+def test_download_is_extracted_and_read_safely(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    write_cifar_pickles(src, "cifar10", tiny_arrays(50), tiny_arrays(10, seed=1))
+
+    def archive_of(path):
+        with tarfile.open(path, "w:gz") as tar:
+            tar.add(src / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+
+    monkeypatch.setattr(cifar, "probe_urls", lambda urls: None)
+    monkeypatch.setattr(cifar, "download", _fake_download(archive_of))
+    dm = CIFARDataModule(data_dir=str(tmp_path / "data"), val_size=10, download=True)
+    dm.prepare_data()
+    assert (tmp_path / "data" / "cifar-10-batches-py" / "data_batch_1").is_file()
+    dm.setup("fit")
+    assert dm.source.startswith("pickle") and len(dm.splits["train"]) == 40
+
+
+def test_download_with_a_member_outside_the_folder_is_refused(tmp_path, monkeypatch):
+    def archive_of(path):
+        with tarfile.open(path, "w:gz") as tar:
+            info = tarfile.TarInfo("../escaped.txt")
+            info.size = 3
+            tar.addfile(info, io.BytesIO(b"bad"))
+
+    monkeypatch.setattr(cifar, "probe_urls", lambda urls: None)
+    monkeypatch.setattr(cifar, "download", _fake_download(archive_of))
+    with pytest.raises(CorruptDataError, match="refused to extract"):
+        CIFARDataModule(data_dir=str(tmp_path / "data"), download=True).prepare_data()
+    assert not (tmp_path / "escaped.txt").exists()
 
 
 def test_incomplete_batches_named(tmp_path):

@@ -21,13 +21,13 @@ import pytest
 
 from qsd_lightning.cli import main as cli_entry
 from qsd_lightning.data import CIFARDataModule, DigitsDataModule, MNISTDataModule, PTBDataModule, SentimentDataModule
-from qsd_lightning.data.cifar import read_cifar, write_cifar_pickles
-from qsd_lightning.data.idx import read_idx, write_idx
+from qsd_lightning.data.cifar import read_cifar
+from qsd_lightning.data.idx import read_idx
 from qsd_lightning.data.ptb import EOS, read_tokens
 from qsd_lightning.errors import ConfigError, CorruptDataError
 
 from .conftest import CONFIGS, REPO
-from .test_data import write_tiny_mnist
+from .data_builders import write_cifar_pickles, write_idx, write_tiny_mnist
 
 BOM = "\ufeff"
 

@@ -1,4 +1,9 @@
-"""Reader of the IDX format (MNIST, Fashion-MNIST), plain or gzipped, with clear errors."""
+"""Reader of the IDX format (MNIST, Fashion-MNIST), plain or gzipped, with clear errors.
+
+torchvision's reader of the format (``read_sn3_pascalvincent_tensor``, 0.29) is not used: it
+opens no gzipped file (the form torchvision itself downloads), reads a file whole with no bound,
+and reports a bad file with a bare ``AssertionError`` or a reshape error that names no file.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ import numpy as np
 
 from .base import CorruptDataError
 
-__all__ = ["read_idx", "write_idx"]
+__all__ = ["read_idx"]
 
 _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 #: the largest array read_idx accepts by default (MNIST's largest file holds 47 MB)
@@ -65,13 +70,3 @@ def read_idx(path: str | Path, max_bytes: int = MAX_BYTES) -> np.ndarray:
             f"for shape {shape}: truncated or corrupt"
         )
     return np.frombuffer(body, dtype=dtype).reshape(shape)
-
-
-def write_idx(path: str | Path, array: np.ndarray) -> None:
-    """Write a uint8 array as IDX (gzipped if ``path`` ends in .gz); used by tests and tools."""
-    path = Path(path)
-    array = np.ascontiguousarray(array, dtype=np.uint8)
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "wb") as f:
-        f.write(header + array.tobytes())

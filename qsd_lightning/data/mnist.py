@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import numpy as np
 import torch
+from torchvision.datasets import MNIST
 
 from .base import (
     CorruptDataError,
@@ -20,15 +20,15 @@ from .base import (
     seeded_split,
 )
 from .idx import read_idx
+from .network import download, probe_urls
 
 __all__ = ["MNISTDataModule", "MNIST_FILES"]
 
-MNIST_FILES = {
-    "train_images": "train-images-idx3-ubyte",
-    "train_labels": "train-labels-idx1-ubyte",
-    "test_images": "t10k-images-idx3-ubyte",
-    "test_labels": "t10k-labels-idx1-ubyte",
-}
+#: the four IDX files, named as torchvision downloads them (less ``.gz``):
+#: train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte
+MNIST_FILES = dict(
+    zip(("train_images", "train_labels", "test_images", "test_labels"), (name.removesuffix(".gz") for name, _ in MNIST.resources))
+)
 _MEAN, _STD = 0.1307, 0.3081
 
 
@@ -121,17 +121,19 @@ class MNISTDataModule(TensorDataModule):
             return
         if not self.download:
             raise DataNotFoundError(self._missing_message("download is off"))
-        from torchvision.datasets import MNIST
-
-        previous = socket.getdefaulttimeout()
-        socket.setdefaulttimeout(20)
-        try:
-            MNIST(str(self.data_dir), train=True, download=True)
-            MNIST(str(self.data_dir), train=False, download=True)
-        except Exception as err:  # no network, refused, HTTP error
-            raise DataNotFoundError(self._missing_message(f"download failed: {err}")) from err
-        finally:
-            socket.setdefaulttimeout(previous)
+        why = probe_urls(MNIST.mirrors)
+        if why is not None:  # offline: fail in seconds, not after torchvision's retries
+            raise DataNotFoundError(self._missing_message(f"download failed: {why}"))
+        for filename, md5 in MNIST.resources:  # torchvision's file list and checksums, our bounded download
+            errors = []
+            for mirror in MNIST.mirrors:
+                try:
+                    download(mirror + filename, self.data_dir / filename, md5)
+                    break
+                except OSError as err:  # refused, HTTP error, stalled, bad checksum: the next mirror
+                    errors.append(f"{mirror}: {err}")
+            else:
+                raise DataNotFoundError(self._missing_message(f"download failed: {'; '.join(errors)}"))
 
     def load(self):
         check_data_dir(self.data_dir)

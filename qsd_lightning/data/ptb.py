@@ -12,12 +12,8 @@ left to right, so a hidden state carried from one batch to the next continues th
 from __future__ import annotations
 
 import math
-import os
 import re
-import socket
-import threading
 import warnings
-from collections import Counter
 from pathlib import Path
 from typing import Iterator, Literal, Optional
 
@@ -27,6 +23,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
 from .base import ConfigError, CorruptDataError, DataNotFoundError, PositiveInt, check_data_dir, check_positive
+from .network import HF_HOST, hf_offline
+from .text import Vocabulary
+from .network import reachable as _reachable  # a module attribute: tests replace it
 
 __all__ = [
     "PTBDataModule",
@@ -40,7 +39,7 @@ __all__ = [
 ]
 
 PTB_FILES = {"train": "ptb.train.txt", "valid": "ptb.valid.txt", "test": "ptb.test.txt"}
-EOS, UNK = "<eos>", "<unk>"
+EOS = "<eos>"
 HF_SPLITS = {"train": "train", "valid": "validation", "test": "test"}
 # the loaders never use worker processes, so this Lightning warning does not apply to them
 warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
@@ -91,26 +90,17 @@ def read_tokens(path: str | Path) -> list[str]:
 
 
 def build_vocab(tokens: list[str]) -> list[str]:
-    """Every word type of ``tokens`` (plus ``<eos>``), most frequent first, ties alphabetical."""
-    counts = Counter(tokens)
-    counts.setdefault(EOS, 0)
-    return sorted(counts, key=lambda w: (-counts[w], w))
+    """Every word type of ``tokens`` (plus ``<eos>``), most frequent first, ties alphabetical;
+    no special ids (Mikolov's PTB already has ``<unk>`` in its text)."""
+    return Vocabulary.build([tokens], specials=(), always=(EOS,)).tokens
 
 
-def encode(tokens: list[str], vocab: list[str], source: str | Path = "text") -> Tensor:
+def encode(tokens: list[str], vocab: Vocabulary | list[str], source: str | Path = "text") -> Tensor:
     """Token ids (int64); words outside ``vocab`` become ``<unk>`` if the vocabulary has it,
     otherwise ``CorruptDataError`` naming ``source``."""
-    index = {w: i for i, w in enumerate(vocab)}
-    unk = index.get(UNK)
-    ids = []
-    for w in tokens:
-        i = index.get(w, unk)
-        if i is None:
-            raise CorruptDataError(
-                f"{source}: word {w!r} is not in the training vocabulary and the vocabulary has no {UNK}"
-            )
-        ids.append(i)
-    return torch.tensor(ids, dtype=torch.long)
+    if not isinstance(vocab, Vocabulary):
+        vocab = Vocabulary(list(vocab), specials=())
+    return torch.tensor(vocab.encode(tokens, source), dtype=torch.long)
 
 
 def shard(stream: Tensor, rank: int, world_size: int) -> Tensor:
@@ -166,27 +156,6 @@ class BPTTWindows(IterableDataset):
 # ---------------------------------------------------------------- data module
 
 
-def _hf_offline() -> bool:
-    return any(os.environ.get(v, "").upper() in {"1", "ON", "YES", "TRUE"} for v in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"))
-
-
-def _reachable(host: str = "huggingface.co", port: int = 443, timeout: float = 3.0) -> bool:
-    """Whether ``host`` answers within ``timeout`` s (a thread bounds slow DNS too)."""
-    ok: list[bool] = []
-
-    def probe() -> None:
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            ok.append(True)
-        except OSError:
-            pass
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout + 1.0)
-    return bool(ok)
-
-
 class PTBDataModule(L.LightningDataModule):
     """Penn Treebank word-level language modelling (Mikolov et al. 2010 preprocessing).
 
@@ -228,7 +197,7 @@ class PTBDataModule(L.LightningDataModule):
         self.source = source
         self.hf_name = hf_name
         self.save_vocab = save_vocab
-        self.vocab: list[str] = []
+        self.vocab = Vocabulary([], specials=())
         self.streams: dict[str, Tensor] = {}
 
     # -- locating / downloading
@@ -266,10 +235,10 @@ class PTBDataModule(L.LightningDataModule):
         return hf_dir
 
     def _download_hf(self, folder: Path) -> None:
-        if _hf_offline():
+        if hf_offline():
             raise DataNotFoundError(self._missing_message("Hugging Face is set offline (HF_DATASETS_OFFLINE / HF_HUB_OFFLINE)"))
-        if not _reachable():
-            raise DataNotFoundError(self._missing_message("no network: huggingface.co is unreachable"))
+        if not _reachable(HF_HOST):
+            raise DataNotFoundError(self._missing_message(f"no network: {HF_HOST} is unreachable"))
         try:
             import datasets
 
@@ -290,7 +259,7 @@ class PTBDataModule(L.LightningDataModule):
             return
         folder = self._folder(download)
         tokens = {split: read_tokens(folder / name) for split, name in PTB_FILES.items()}
-        self.vocab = build_vocab(tokens["train"])
+        self.vocab = Vocabulary(build_vocab(tokens["train"]), specials=())
         self.streams = {split: encode(toks, self.vocab, folder / PTB_FILES[split]) for split, toks in tokens.items()}
         self.folder = folder
 
@@ -302,7 +271,7 @@ class PTBDataModule(L.LightningDataModule):
 
     def _write_vocab(self) -> None:
         path = self.folder / "vocab.txt"
-        text = "".join(w + "\n" for w in self.vocab)
+        text = self.vocab.text()
         if not self.folder.stat().st_mode & 0o222:  # a folder marked read-only (shared data): leave it
             return
         try:

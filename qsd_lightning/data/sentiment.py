@@ -10,13 +10,9 @@ import csv
 import hashlib
 import io
 import json
-import lzma
 import math
 import os
 import re
-import socket
-import tarfile
-import zlib
 from pathlib import Path
 from typing import Literal, Optional, Sequence
 
@@ -41,6 +37,8 @@ from .base import (
     require,
     seeded_split,
 )
+from .archive import archive_errors, find_archives, tar_files
+from .network import HF_HOST, hf_offline, probe
 from .text import PAD_INDEX, TOKENIZER_VERSION, UNK_INDEX, Vocabulary, tokenize
 
 __all__ = ["SentimentDataModule", "EncodedTextDataset", "BucketBatchSampler", "pad_collate"]
@@ -48,11 +46,9 @@ __all__ = ["SentimentDataModule", "EncodedTextDataset", "BucketBatchSampler", "p
 Format = Literal["auto", "aclimdb", "tsv", "hf"]
 Split = tuple[list[str], list[int]]  # texts, labels
 
-_ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".tar")
 _ACLIMDB_MEMBER = re.compile(r"(?:^|/)(train|test)/(pos|neg)/([^/]+\.txt)$")
 _LABELS = {"neg": 0, "pos": 1}
 _TEXT_COLUMNS = ("sentence", "text", "review")
-_OFFLINE_VALUES = {"1", "true", "yes", "on"}
 #: argument types the CLI checks while parsing (see ``qsd_lightning.cli_errors``)
 NumClasses = restricted_number_type("NumClasses", int, [(">=", 2)], docstring="a number of classes >= 2")
 VocabularySize = restricted_number_type("VocabularySize", int, [(">=", 3)], docstring="<pad>, <unk> and at least one token")
@@ -129,18 +125,6 @@ def _writable(folder: Path) -> bool:
         return folder.is_dir() and os.access(folder, os.W_OK) and bool(folder.stat().st_mode & 0o222)
     except OSError:
         return False
-
-
-def _network_available(host: str = "huggingface.co", timeout: float = 3.0) -> tuple[bool, str]:
-    """False at once when the Hugging Face offline switches are set; else a quick TCP check."""
-    for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
-        if os.environ.get(var, "").strip().lower() in _OFFLINE_VALUES:
-            return False, f"{var}={os.environ[var]}"
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True, ""
-    except OSError as err:
-        return False, f"cannot reach {host}: {err}"
 
 
 class SentimentDataModule(SplitDataModule):
@@ -239,11 +223,6 @@ class SentimentDataModule(SplitDataModule):
                 return root
         return None
 
-    def _find_archives(self) -> list[Path]:
-        if not self.data_dir.is_dir():
-            return []
-        return sorted(p for p in self.data_dir.iterdir() if p.is_file() and p.name.lower().endswith(_ARCHIVE_SUFFIXES))
-
     def _locate(self) -> tuple[str, list[Path]] | None:
         """``(kind, files)`` of the first source found for ``format``, or None."""
         d = self.data_dir
@@ -253,7 +232,7 @@ class SentimentDataModule(SplitDataModule):
             root = self._find_aclimdb_dir()
             if root is not None:
                 return "aclimdb-dir", [root]
-            archives = self._find_archives()
+            archives = find_archives(self.data_dir)
             if archives:
                 return "aclimdb-archive", archives[:1]
         if self.format in ("auto", "hf") and (self.hf_dir / "dataset_dict.json").is_file():
@@ -297,8 +276,8 @@ class SentimentDataModule(SplitDataModule):
 
     # ------------------------------------------------------------------ download (hf)
     def _download_hf(self) -> None:
-        ok, why = _network_available()
-        if not ok:
+        why = hf_offline() or probe(HF_HOST)
+        if why:
             raise DataNotFoundError(self._missing_message(f"offline: {why}"))
         try:
             import datasets
@@ -550,19 +529,16 @@ def _read_aclimdb_dir(root: Path) -> dict[str, Split]:
 
 def _read_aclimdb_archive(path: Path) -> dict[str, Split]:
     found: dict[tuple[str, int], list[tuple[str, str]]] = {}
-    try:
-        with tarfile.open(path, "r|*") as archive:  # streaming: one pass, no seeks
-            for member in archive:
-                match = _ACLIMDB_MEMBER.search(member.name)
-                if not (match and member.isfile() and _is_review(match.group(3))) or "__MACOSX/" in member.name:
-                    continue
-                raw = archive.extractfile(member).read()
-                if len(raw) != member.size:
-                    raise EOFError(f"{member.name} is cut short")
-                split, label_name, name = match.groups()
-                found.setdefault((split, _LABELS[label_name]), []).append((name, _decode(raw, f"{path}:{member.name}")))
-    except (tarfile.TarError, EOFError, OSError, lzma.LZMAError, zlib.error) as err:
-        raise CorruptDataError(f"cannot read archive {path}: {err} (truncated or corrupt? copy or download it again)") from err
+    with archive_errors(path):
+        for member, f in tar_files(path):
+            match = _ACLIMDB_MEMBER.search(member.name)
+            if not (match and _is_review(match.group(3))) or "__MACOSX/" in member.name:
+                continue
+            raw = f.read()
+            if len(raw) != member.size:
+                raise EOFError(f"{member.name} is cut short")
+            split, label_name, name = match.groups()
+            found.setdefault((split, _LABELS[label_name]), []).append((name, _decode(raw, f"{path}:{member.name}")))
     return _collect(found, f"archive {path}")
 
 

@@ -1,4 +1,5 @@
-"""Tokenisation and vocabularies for the text data modules: deterministic, dependency-free.
+"""Tokenisation and the one vocabulary class of the text data modules (sentiment, PTB):
+deterministic, dependency-free.
 
 >>> tokenize("A <br />great film, isn't it?!")
 ['a', 'great', 'film', ',', "isn't", 'it', '?', '!']
@@ -37,16 +38,20 @@ def tokenize(text: str) -> list[str]:
 
 
 class Vocabulary:
-    """Token <-> id map: id 0 is ``<pad>``, id 1 is ``<unk>``, then tokens by frequency.
+    """Token <-> id map, the one vocabulary of every text data module.
 
-    Built deterministically: tokens counted over the training texts, kept if they occur at
-    least ``min_freq`` times, sorted by decreasing count with ties broken alphabetically,
-    truncated so that the whole vocabulary (specials included) has at most ``max_size`` ids.
+    ``specials`` come first (default: id 0 ``<pad>``, id 1 ``<unk>``; the language models use
+    none), then the tokens. Built deterministically: tokens counted over the training texts,
+    kept if they occur at least ``min_freq`` times (tokens in ``always`` are kept even when
+    absent), sorted by decreasing count with ties broken alphabetically, truncated so that the
+    whole vocabulary (specials included) has at most ``max_size`` ids. A token outside the
+    vocabulary encodes as ``<unk>`` when the vocabulary has it, else is refused.
     """
 
-    def __init__(self, tokens: Sequence[str], settings: dict | None = None) -> None:
-        if list(tokens[:2]) != [PAD, UNK]:
-            raise ValueError(f"a vocabulary must start with {PAD!r}, {UNK!r}")
+    def __init__(self, tokens: Sequence[str], settings: dict | None = None, specials: Sequence[str] = (PAD, UNK)) -> None:
+        self.specials = tuple(specials)
+        if tuple(tokens[: len(self.specials)]) != self.specials:
+            raise ValueError(f"a vocabulary must start with {', '.join(map(repr, self.specials))}")
         self.tokens = list(tokens)
         self.settings = dict(settings or {})
         self.index = {token: i for i, token in enumerate(self.tokens)}
@@ -56,29 +61,78 @@ class Vocabulary:
     def __len__(self) -> int:
         return len(self.tokens)
 
+    def __iter__(self):
+        return iter(self.tokens)
+
+    def __getitem__(self, i: int) -> str:
+        return self.tokens[i]
+
     def __eq__(self, other: object) -> bool:
+        if isinstance(other, (list, tuple)):  # a plain token list (what PTB's vocab.txt holds)
+            return self.tokens == list(other)
         return isinstance(other, Vocabulary) and self.tokens == other.tokens
 
+    __hash__ = None  # mutable, compared by value
+
+    @property
+    def unk_index(self) -> int | None:
+        """The id of ``<unk>``, None when the vocabulary has none."""
+        return self.index.get(UNK)
+
     @classmethod
-    def build(cls, documents: Iterable[Sequence[str]], max_size: int, min_freq: int = 1, settings: dict | None = None) -> "Vocabulary":
-        if max_size < 3:
-            raise ValueError(f"max_vocab must be >= 3 (<pad>, <unk> and one token), got {max_size}")
+    def build(
+        cls,
+        documents: Iterable[Sequence[str]],
+        max_size: int | None = None,
+        min_freq: int = 1,
+        settings: dict | None = None,
+        specials: Sequence[str] = (PAD, UNK),
+        always: Sequence[str] = (),
+    ) -> "Vocabulary":
+        specials = tuple(specials)
+        if max_size is not None and max_size < len(specials) + 1:
+            named = ", ".join(specials)
+            raise ValueError(f"max_vocab must be >= {len(specials) + 1} ({named} and one token), got {max_size}")
         counts: Counter[str] = Counter()
         for doc in documents:
             counts.update(doc)
-        kept = sorted((t for t, c in counts.items() if c >= min_freq and t not in (PAD, UNK)), key=lambda t: (-counts[t], t))
-        return cls([PAD, UNK, *kept[: max_size - 2]], settings)
+        for token in always:
+            counts.setdefault(token, 0)
+        kept = sorted(
+            (t for t, c in counts.items() if (c >= min_freq or t in always) and t not in specials),
+            key=lambda t: (-counts[t], t),
+        )
+        if max_size is not None:
+            kept = kept[: max_size - len(specials)]
+        return cls([*specials, *kept], settings, specials)
 
-    def encode(self, tokens: Iterable[str]) -> list[int]:
-        get = self.index.get
-        return [get(t, UNK_INDEX) for t in tokens]
+    def encode(self, tokens: Iterable[str], source: object = "text") -> list[int]:
+        """Ids of ``tokens``; unknown ones become ``<unk>``, or, in a vocabulary without it,
+        ``CorruptDataError`` naming ``source`` and the word."""
+        get, unk = self.index.get, self.unk_index
+        if unk is not None:
+            return [get(t, unk) for t in tokens]
+        tokens = tokens if isinstance(tokens, list) else list(tokens)
+        ids = [get(t) for t in tokens]
+        if None in ids:
+            from .base import CorruptDataError
+
+            word = tokens[ids.index(None)]
+            raise CorruptDataError(f"{source}: word {word!r} is not in the training vocabulary and the vocabulary has no {UNK}")
+        return ids
+
+    def text(self) -> str:
+        """One token a line, line number = id (the human-readable form, e.g. PTB's vocab.txt)."""
+        return "".join(token + "\n" for token in self.tokens)
 
     def save(self, path: str | Path) -> None:
         """Write JSON atomically (a concurrent reader never sees half a file)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps({"format": "qsd-vocabulary", "version": 1, "settings": self.settings, "tokens": self.tokens},
-                          ensure_ascii=False, indent=0)
+        record = {"format": "qsd-vocabulary", "version": 1, "settings": self.settings, "tokens": self.tokens}
+        if self.specials != (PAD, UNK):
+            record["specials"] = list(self.specials)
+        text = json.dumps(record, ensure_ascii=False, indent=0)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -100,6 +154,6 @@ class Vocabulary:
             data = json.loads(path.read_text(encoding="utf-8"))
             if data.get("format") != "qsd-vocabulary":
                 raise ValueError("not a vocabulary file")
-            return cls(data["tokens"], data.get("settings"))
+            return cls(data["tokens"], data.get("settings"), data.get("specials", (PAD, UNK)))
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
             raise CorruptDataError(f"cannot read vocabulary {path}: {err}; delete it to rebuild it") from err
