@@ -7,12 +7,12 @@ import torch
 from torch import nn
 
 from qsd_lightning.models import MLP
-from qsd_lightning.regularisers import QSD, Dropout, site_factory
+from qsd_lightning.regularisers import QSD, Dropout, Sites
 from qsd_lightning.tasks import MLPClassifier
 
 
 def test_sites_follow_the_authors_placement():
-    net = MLP(784, 10, [100, 100], regulariser=site_factory(QSD(rate=0.9)), input_rate=0.0, hidden_rate=0.3, output_rate=0.5)
+    net = MLP(784, 10, [100, 100], regulariser=Sites(QSD(rate=0.9)), input_rate=0.0, hidden_rate=0.3, output_rate=0.5)
     assert isinstance(net.hidden[0].reg, nn.Identity)  # none on raw pixels
     assert isinstance(net.hidden[1].reg, QSD) and net.hidden[1].reg.rate == 0.3
     assert isinstance(net.output_reg, QSD) and net.output_reg.rate == 0.5

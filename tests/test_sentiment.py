@@ -20,7 +20,7 @@ from qsd_lightning.data.sentiment import BucketBatchSampler, SentimentDataModule
 from qsd_lightning.data.text import Vocabulary, tokenize
 from qsd_lightning.models.sentiment import RecurrentClassifier
 from qsd_lightning.regularisers import QSD, Dropout
-from qsd_lightning.tasks.sentiment import SentimentClassifier, sequence_site_factory, vector_site_factory
+from qsd_lightning.tasks.sentiment import SentimentClassifier, sequence_sites, vector_sites
 
 from .conftest import CONFIGS
 
@@ -174,10 +174,10 @@ def test_sites_rates_and_identity():
 def test_locked_site_masks_every_time_step_alike():
     torch.manual_seed(0)
     for template in (Dropout(rate=0.5), QSD(rate=0.5, gamma=1.0)):
-        site = sequence_site_factory(template, locked=True)(0.5).train()
+        site = sequence_sites(template, locked=True)(0.5).train()
         y = site(torch.ones(4, 6, 10))
         assert torch.equal(y, y[:, :1].expand_as(y)) and (y == 0).any()
-        free = sequence_site_factory(template, locked=False)(0.5).train()
+        free = sequence_sites(template, locked=False)(0.5).train()
         z = free(torch.ones(4, 6, 10))
         assert not torch.equal(z, z[:, :1].expand_as(z))
 
@@ -347,9 +347,9 @@ def test_locked_templates_at_vector_site():
     # a template locked by the user or by construction is accepted by locked=true and
     # unlocked at the [B, F] output site (no time axis there)
     for template in (QSD(rate=0.3, locked_dims=(1,)), _TimeLocked(0.3)):
-        seq = sequence_site_factory(template, locked=True)(0.3)
+        seq = sequence_sites(template, locked=True)(0.3)
         assert tuple(seq.locked_dims) == (1,)
-        out = vector_site_factory(template)(0.2)
+        out = vector_sites(template)(0.2)
         assert out.rate == 0.2 and tuple(out.locked_dims) == () and out.train()(torch.ones(64, 8)).eq(0).any(dim=1).any()
     with pytest.raises(ValueError, match="locked=true needs a regulariser that takes locked_dims"):
         class Plain(Dropout):
@@ -359,4 +359,4 @@ def test_locked_templates_at_vector_site():
             def config(self):
                 return {"rate": self.rate}
 
-        sequence_site_factory(Plain(0.5), locked=True)
+        sequence_sites(Plain(0.5), locked=True)

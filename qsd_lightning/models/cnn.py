@@ -16,13 +16,10 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 
-from .mlp import RegulariserFactory, _identity_factory
+from ..regularisers.sites import RegulariserFactory, site_module
+from ..regularisers.sites import no_regulariser as _identity_factory
 
 __all__ = ["ConvNet", "WideResNet", "WideBasicBlock"]
-
-
-def _site(factory: RegulariserFactory, rate: float) -> nn.Module:
-    return factory(rate) if rate > 0 else nn.Identity()
 
 
 class ConvNet(nn.Module):
@@ -73,7 +70,7 @@ class ConvNet(nn.Module):
         width = in_channels
         for i, out in enumerate(channels):
             block = nn.Sequential()
-            block.add_module("reg", _site(regulariser, conv_rate) if i > 0 else nn.Identity())
+            block.add_module("reg", site_module(regulariser, conv_rate) if i > 0 else nn.Identity())
             for j in range(1, convs_per_block + 1):
                 block.add_module(f"conv{j}", nn.Conv2d(width, out, 3, padding=1, bias=not batch_norm))
                 if batch_norm:
@@ -84,13 +81,13 @@ class ConvNet(nn.Module):
             self.features.add_module(str(i), block)
 
         self.classifier = nn.Sequential()
-        self.classifier.add_module("reg", _site(regulariser, classifier_rate))
+        self.classifier.add_module("reg", site_module(regulariser, classifier_rate))
         self.classifier.add_module("flatten", nn.Flatten())
         features = width * side * side
         for j, size in enumerate(hidden_sizes, start=1):
             self.classifier.add_module(f"fc{j}", nn.Linear(features, size))
             self.classifier.add_module(f"act{j}", nn.ReLU())
-            self.classifier.add_module(f"reg{j}", _site(dense_regulariser, classifier_rate))
+            self.classifier.add_module(f"reg{j}", site_module(dense_regulariser, classifier_rate))
             features = size
         self.classifier.add_module("out", nn.Linear(features, num_classes))
 
@@ -160,7 +157,7 @@ class WideResNet(nn.Module):
             group = nn.Sequential()
             for b in range(n):
                 group.add_module(
-                    str(b), WideBasicBlock(in_planes, planes, stride if b == 0 else 1, _site(regulariser, block_rate))
+                    str(b), WideBasicBlock(in_planes, planes, stride if b == 0 else 1, site_module(regulariser, block_rate))
                 )
                 in_planes = planes
             self.groups.add_module(str(g), group)

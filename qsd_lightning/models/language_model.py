@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from ..errors import ConfigError
+from ..regularisers.sites import RegulariserFactory, site_module
+from ..regularisers.sites import no_regulariser as _identity_factory
 from ..regularisers.variants import EmbeddingDropout, apply_weight_drop, embedded
 from .recurrent import run_recurrent
 
 __all__ = ["LSTMLanguageModel", "LSTMState"]
 
-#: builds the regulariser of one site from that site's rate
-RegulariserFactory = Callable[[float], nn.Module]
 #: one ``(h, c)`` pair per layer, each ``[1, B, H]``
 LSTMState = list[tuple[Tensor, Tensor]]
-
-
-def _identity_factory(rate: float) -> nn.Module:
-    return nn.Identity()
 
 
 class LSTMLanguageModel(nn.Module):
@@ -74,17 +70,14 @@ class LSTMLanguageModel(nn.Module):
         self.hidden_size = hidden_size
         self.num_layers = num_layers
 
-        def site(factory: RegulariserFactory, rate: float) -> nn.Module:
-            return factory(rate) if rate > 0 else nn.Identity()
-
         self.embedding = nn.Embedding(vocab_size, embedding_size)
         self.word_dropout = EmbeddingDropout(word_dropout_rate) if word_dropout_rate > 0 else None
-        self.embedding_reg = site(embedding_regulariser, embedding_rate)
+        self.embedding_reg = site_module(embedding_regulariser, embedding_rate)
         self.lstms = nn.ModuleList(
             nn.LSTM(embedding_size if i == 0 else hidden_size, hidden_size, batch_first=True) for i in range(num_layers)
         )
-        self.hidden_regs = nn.ModuleList(site(hidden_regulariser, hidden_rate) for _ in range(num_layers - 1))
-        self.output_reg = site(output_regulariser, output_rate)
+        self.hidden_regs = nn.ModuleList(site_module(hidden_regulariser, hidden_rate) for _ in range(num_layers - 1))
+        self.output_reg = site_module(output_regulariser, output_rate)
         self.decoder = nn.Linear(hidden_size, vocab_size)
         if tie_weights:
             self.decoder.weight = self.embedding.weight

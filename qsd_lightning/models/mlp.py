@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-
-#: builds the regulariser of one site from that site's rate
-RegulariserFactory = Callable[[float], nn.Module]
-
-
-def _identity_factory(rate: float) -> nn.Module:
-    return nn.Identity()
+from ..regularisers.sites import RegulariserFactory, site_module
+from ..regularisers.sites import no_regulariser as _identity_factory
 
 
 class MLP(nn.Module):
@@ -43,7 +38,7 @@ class MLP(nn.Module):
             raise ConfigError("hidden_sizes must name at least one hidden layer")
 
         def site(rate: float) -> nn.Module:
-            return regulariser(rate) if rate > 0 else nn.Identity()
+            return site_module(regulariser, rate)
 
         self.hidden = nn.ModuleList()
         width = in_features

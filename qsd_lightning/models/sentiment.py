@@ -10,7 +10,8 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..errors import ConfigError
 
-from .mlp import RegulariserFactory, _identity_factory
+from ..regularisers.sites import RegulariserFactory, site_module
+from ..regularisers.sites import no_regulariser as _identity_factory
 from .recurrent import run_recurrent
 
 __all__ = ["RecurrentClassifier", "SITES"]
@@ -67,20 +68,17 @@ class RecurrentClassifier(nn.Module):
         directions = 2 if bidirectional else 1
         rnn_cls = nn.LSTM if cell == "lstm" else nn.GRU
 
-        def site(factory: RegulariserFactory, rate: float) -> nn.Module:
-            return factory(rate) if rate > 0 else nn.Identity()
-
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=padding_idx)
-        self.embedding_reg = site(embedding_regulariser, embedding_rate)
+        self.embedding_reg = site_module(embedding_regulariser, embedding_rate)
         self.rnns = nn.ModuleList()
         self.hidden_regs = nn.ModuleList()  # hidden_regs[i] acts on the input of rnns[i + 1]
         width = embedding_dim
         for i in range(num_layers):
             if i > 0:
-                self.hidden_regs.append(site(hidden_regulariser, hidden_rate))
+                self.hidden_regs.append(site_module(hidden_regulariser, hidden_rate))
             self.rnns.append(rnn_cls(width, hidden_size, batch_first=True, bidirectional=bidirectional))
             width = hidden_size * directions
-        self.output_reg = site(output_regulariser, output_rate)
+        self.output_reg = site_module(output_regulariser, output_rate)
         self.output = nn.Linear(width, num_classes)
 
     def forward(self, tokens: Tensor, lengths: Optional[Tensor] = None) -> Tensor:

@@ -3,26 +3,17 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..regularisers.sites import RegulariserFactory, site_module
+from ..regularisers.sites import no_regulariser as _identity_factory
 from ..regularisers.attention import attend
 
 __all__ = ["CausalSelfAttention", "TransformerBlock", "TransformerLanguageModel"]
 
-#: builds the regulariser of one site from that site's rate
-RegulariserFactory = Callable[[float], nn.Module]
-
-
-def _identity_factory(rate: float) -> nn.Module:
-    return nn.Identity()
-
-
-def _site(factory: RegulariserFactory, rate: float) -> nn.Module:
-    return factory(rate) if rate > 0 else nn.Identity()
 
 
 class CausalSelfAttention(nn.Module):
@@ -135,20 +126,20 @@ class TransformerLanguageModel(nn.Module):
 
         self.token_embedding = nn.Embedding(vocab_size, d_model)
         self.position_embedding = nn.Embedding(context_length, d_model)
-        self.embedding_reg = _site(embedding_regulariser, embedding_rate)
+        self.embedding_reg = site_module(embedding_regulariser, embedding_rate)
         self.blocks = nn.ModuleList(
             TransformerBlock(
                 d_model, num_heads, d_ff,
-                attention_reg=_site(attention_regulariser, attention_rate),
-                attention_residual_reg=_site(residual_regulariser, residual_rate),
-                mlp_reg=_site(mlp_regulariser, mlp_rate),
-                mlp_residual_reg=_site(residual_regulariser, residual_rate),
+                attention_reg=site_module(attention_regulariser, attention_rate),
+                attention_residual_reg=site_module(residual_regulariser, residual_rate),
+                mlp_reg=site_module(mlp_regulariser, mlp_rate),
+                mlp_residual_reg=site_module(residual_regulariser, residual_rate),
                 bias=bias,
             )
             for _ in range(num_layers)
         )
         self.ln_f = nn.LayerNorm(d_model)
-        self.output_reg = _site(output_regulariser, output_rate)
+        self.output_reg = site_module(output_regulariser, output_rate)
         self.decoder = nn.Linear(d_model, vocab_size, bias=bias)
         self.reset_parameters()
         if tie_weights:

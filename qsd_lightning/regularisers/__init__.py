@@ -17,6 +17,7 @@ from .functional import MODES, qsd
 from .quantal import QSD, Dropout, NoRegulariser
 from .registry import ENTRY_POINT_GROUP, PLUGINS_ENV, PluginError, available, build, get, load_plugins, name_of, register
 from .replace import replace_dropout
+from .sites import Sites, resolve
 from .variants import EmbeddingDropout, GaussianDropout, LockedDropout, SpatialDropout, WeightDrop, apply_weight_drop, embedded, remove_weight_drop
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "NoRegulariser",
     "Regulariser",
     "ReleaseStatistics",
+    "Sites",
     "available",
     "build",
     "get",
@@ -40,6 +42,7 @@ __all__ = [
     "qsd",
     "register",
     "replace_dropout",
+    "resolve",
     "EmbeddingDropout",
     "GaussianDropout",
     "LockedDropout",

@@ -44,8 +44,8 @@ def _recording(init: Callable) -> Callable:
 
 def _concrete(cls: type) -> type:
     """``cls`` itself, or for a jsonargparse lazy instance's class the class it stands for."""
-    mro = cls.__mro__
-    lazy = [i for i, c in enumerate(mro) if c.__name__ == "_LazyInitBaseClass"]
+    mro = cls.__mro__  # the lazy base class defines jsonargparse's public lazy_get_init_data
+    lazy = [i for i, c in enumerate(mro) if "lazy_get_init_data" in vars(c)]
     return mro[lazy[0] + 1] if lazy else cls
 
 
@@ -171,24 +171,17 @@ Regulariser.__init__ = _recording(Regulariser.__init__)  # type: ignore[method-a
 
 
 def materialise(template: nn.Module) -> nn.Module:
-    """A plain instance for a jsonargparse ``lazy_instance`` default (used as a constructor
-    default in the tasks; its attributes exist only once initialised); other modules unchanged."""
-    cls = _concrete(type(template))
-    if cls is type(template):
-        return template
-    return cls(**template._lazy_kwargs)  # the arguments the lazy instance stands for
+    """A plain instance for a jsonargparse ``lazy_instance`` (used as a constructor default in
+    the tasks; its attributes exist only once initialised); other modules unchanged. The same
+    as :func:`.sites.resolve` on a module."""
+    from .sites import resolve
+
+    return resolve(template)
 
 
 def site_factory(template: Regulariser):
-    """Factory ``rate -> module`` building a fresh copy of ``template`` for one site.
+    """Factory ``rate -> module`` building a fresh copy of ``template`` for one site: a
+    :class:`.sites.Sites` with no layout (kept for callers of the old name)."""
+    from .sites import Sites
 
-    Networks take such factories so that one configured regulariser (from YAML or the
-    command line) can serve every site, each at its own rate.
-    """
-
-    template = materialise(template)
-
-    def build(rate: float) -> nn.Module:
-        return template.clone(rate=rate)
-
-    return build
+    return Sites(template)

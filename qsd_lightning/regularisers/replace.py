@@ -24,7 +24,6 @@ in :attr:`Replacement.unreached`, never left silently.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
@@ -39,7 +38,7 @@ from .functional_sites import (
     is_regulariser,
     scan_module,
 )
-from .registry import build, get
+from .sites import Sites
 
 __all__ = ["replace_dropout", "Replacement", "Site", "Unreached", "DROPOUT_TYPES"]
 
@@ -103,14 +102,20 @@ class Replacement:
         self.sites: list[Site] = []
         self.unreached: list[Unreached] = []
         self._warned: set = set()
-        self._accepts_locked = "locked_dims" in inspect.signature(get(name)).parameters
+        self._init_args = {"rate": 0.5, **self.kwargs}  # the template's rate is replaced at every site
+        self._sites = Sites(name, init_args=self._init_args)  # unknown name or bad settings fail here
+        self._locked_sites: dict[tuple, Sites] = {}
 
     def make(self, rate: float, locked: Any = None) -> nn.Module:
-        """A fresh regulariser for a site of rate ``rate`` (``rate`` in kwargs overrides it)."""
-        args = {"rate": rate, **self.kwargs}
-        if isinstance(locked, tuple) and self._accepts_locked and "locked_dims" not in self.kwargs:
-            args["locked_dims"] = locked
-        return build(self.name, **args)
+        """A fresh regulariser for a site of rate ``rate`` (``rate`` in kwargs overrides it);
+        a tuple ``locked`` is the site's ``locked_dims`` when the regulariser takes them and
+        kwargs set none."""
+        rate = self.kwargs.get("rate", rate)
+        if not isinstance(locked, tuple) or "locked_dims" in self.kwargs:
+            return self._sites(rate)
+        if locked not in self._locked_sites:
+            self._locked_sites[locked] = Sites(self.name, init_args=self._init_args, locked_dims=locked)  # unlocked if not taken
+        return self._locked_sites[locked](rate)
 
     @property
     def count(self) -> int:

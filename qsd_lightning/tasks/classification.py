@@ -16,7 +16,8 @@ from torchmetrics.classification import MulticlassAccuracy
 from ..callbacks.prediction import sample_indices
 from ..errors import ConfigError
 from ..models import MLP
-from ..regularisers import Dropout, Regulariser, materialise, site_factory
+from ..regularisers import Dropout, Regulariser
+from ..regularisers.sites import Sites, resolve
 from ..regularisers.types import Rate
 from .checks import NumClasses, check_not_empty, check_num_classes, check_sites, datamodule_of
 from .optim import check_optimizer, configure_optimizers
@@ -136,10 +137,9 @@ class MLPClassifier(ClassificationTask):
         lr_scheduler: Optional[LRSchedulerCallable] = None,
     ) -> None:
         check_not_empty(hidden_sizes, "--model.hidden_sizes", "[100, 100]")
-        regulariser = materialise(regulariser)
-        default_rate = regulariser.rate
-        factory = site_factory(regulariser)
-        rates = (input_rate, default_rate if hidden_rate is None else hidden_rate, default_rate if output_rate is None else output_rate)
+        regulariser = resolve(regulariser)  # saved so in the hyper-parameters, as the CLI passes it
+        factory = Sites(regulariser)
+        rates = (input_rate, factory.rate_or_default(hidden_rate), factory.rate_or_default(output_rate))
         for rate in rates:
             check_sites(factory, rate, ("batch", "features"), "the inputs of the MLP's regulariser sites")
         net = MLP(

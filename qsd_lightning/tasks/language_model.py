@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Optional
 
 import lightning as L
@@ -16,14 +15,15 @@ from torchmetrics import MeanMetric
 
 from ..callbacks.prediction import sequence_indices
 from ..models.language_model import LSTMLanguageModel, LSTMState
-from ..regularisers import Dropout, NoRegulariser, Regulariser, materialise
+from ..regularisers import Dropout, Regulariser
+from ..regularisers.sites import Sites, resolve
 from ..regularisers.types import Rate
-from ..regularisers.variants import LockedDropout, WeightDrop
+from ..regularisers.variants import WeightDrop
 from ..errors import ConfigError
 from .checks import check_sites
 from .optim import check_optimizer, configure_optimizers
 
-__all__ = ["LanguageModel", "VocabularyMismatchError"]
+__all__ = ["LanguageModel", "VocabularyMismatchError", "sequence_sites"]
 
 STAGES = ("train", "val", "test", "predict")
 
@@ -32,22 +32,14 @@ class VocabularyMismatchError(ConfigError):
     """The model's ``vocab_size`` differs from the data's vocabulary."""
 
 
-def _site_factory(template: Regulariser, locked: bool):
-    """``rate -> fresh copy of template``; with ``locked``, one mask per sequence over time
-    (``locked_dims=(1,)``, units = features) for batch-first ``[B, T, F]`` activations."""
-    if not locked or isinstance(template, NoRegulariser):
-        return lambda rate: template.clone(rate=rate)
-    if isinstance(template, LockedDropout):
-        if template.time_dim != 1:
-            raise ConfigError(f"--model.locked=true needs time_dim=1 (batch-first), got {template!r}")
-        return lambda rate: template.clone(rate=rate)
-    params = inspect.signature(type(template)).parameters
-    if "locked_dims" not in params or "unit_dims" not in params:
-        raise ConfigError(
-            f"--model.locked=true needs a regulariser with locked_dims and unit_dims arguments "
-            f"(dropout, qsd, gaussian_dropout, locked_dropout); {template!r} has none"
-        )
-    return lambda rate: template.clone(rate=rate, locked_dims=(1,), unit_dims=(-1,))
+def sequence_sites(regulariser, locked: bool) -> Sites:
+    """The :class:`~qsd_lightning.regularisers.sites.Sites` of batch-first ``[B, T, F]`` sites;
+    with ``locked``, one mask per sequence over time (``locked_dims=(1,)``, units = features:
+    ``unit_dims=(-1,)``); ``locked_dropout`` with ``time_dim=1`` is locked so already."""
+    if not locked:
+        return Sites(regulariser)
+    return Sites(regulariser, locked_dims=(1,), unit_dims=(-1,), lock_required="--model.locked=true",
+                 hint=" (a locked_dropout must have time_dim=1: batch-first)")
 
 
 class LanguageModel(L.LightningModule):
@@ -120,24 +112,23 @@ class LanguageModel(L.LightningModule):
                 "--model.tie_weights false"
             )
 
-        regulariser = materialise(regulariser)
+        regulariser = resolve(regulariser)
 
         def site(own: Optional[Regulariser], rate: Optional[float]):
-            template = materialise(own) if own is not None else regulariser
-            chosen = rate if rate is not None else template.rate
-            return _site_factory(template, locked), chosen
+            factory = sequence_sites(own if own is not None else regulariser, locked)
+            return factory, factory.rate_or_default(rate)
 
         embedding_factory, embedding_rate_ = site(embedding_regulariser, embedding_rate)
         hidden_factory, hidden_rate_ = site(hidden_regulariser, hidden_rate)
         output_factory, output_rate_ = site(output_regulariser, output_rate)
-        weight_drop_template = materialise(weight_drop_regulariser) if weight_drop_regulariser is not None else WeightDrop(0.0)
+        weight_drop = Sites(weight_drop_regulariser if weight_drop_regulariser is not None else WeightDrop(0.0))
         sequence = ("batch", "time", "features")
         for name, factory, rate in (("embedding", embedding_factory, embedding_rate_), ("hidden", hidden_factory, hidden_rate_),
                                     ("output", output_factory, output_rate_)):
             own = {"embedding": embedding_regulariser, "hidden": hidden_regulariser, "output": output_regulariser}[name]
             option = f"--model.{name}_regulariser" if own is not None else "--model.regulariser"
             check_sites(factory, rate, sequence, f"the {name} site's inputs (batch-first sequences)", option)
-        check_sites(lambda rate: weight_drop_template.clone(rate=rate), weight_drop_rate, ("output rows", "input columns"),
+        check_sites(weight_drop, weight_drop_rate, ("output rows", "input columns"),
                     "the recurrent weights it drops (weight_hh [4 hidden, hidden])", "--model.weight_drop_regulariser")
         self.net = LSTMLanguageModel(
             vocab_size,
@@ -151,7 +142,7 @@ class LanguageModel(L.LightningModule):
             hidden_rate=hidden_rate_,
             output_regulariser=output_factory,
             output_rate=output_rate_,
-            weight_drop=lambda rate: weight_drop_template.clone(rate=rate),
+            weight_drop=weight_drop,
             weight_drop_rate=weight_drop_rate,
             word_dropout_rate=word_dropout_rate,
             init_range=init_range,

@@ -2,62 +2,42 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Literal, Optional
 
 import torch
 from jsonargparse import lazy_instance
 from jsonargparse.typing import PositiveInt
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..errors import ConfigError
 from ..models.sentiment import RecurrentClassifier
-from ..regularisers import Dropout, NoRegulariser, Regulariser, materialise, name_of, site_factory
+from ..regularisers import Dropout, Regulariser
+from ..regularisers.sites import Sites, resolve
 from ..regularisers.types import Rate
 from .checks import NumClasses, check_sites
 from .classification import ClassificationTask
 from .language_model import VocabularyMismatchError
 
-__all__ = ["SentimentClassifier", "sequence_site_factory", "vector_site_factory"]
+__all__ = ["SentimentClassifier", "sequence_sites", "vector_sites"]
 
 
-def sequence_site_factory(template: Regulariser, locked: bool = False):
-    """Factory ``rate -> module`` for a ``[B, T, F]`` site: units are the features.
-
-    The clone gets ``unit_dims=(-1,)`` (one release probability per feature, as in
-    docs/QSD.md) unless the template sets its own, and with ``locked`` also
-    ``locked_dims=(1,)``: one mask per sequence and feature, the same at every time step
-    (Gal and Ghahramani 2016). Regularisers without these arguments are cloned as they are;
-    asking to lock one that cannot lock is an error.
-    """
-    params = inspect.signature(type(template)).parameters
-    overrides = {}
-    if "unit_dims" in params and getattr(template, "unit_dims", None) is None:
-        overrides["unit_dims"] = (-1,)
-    if locked and not isinstance(template, NoRegulariser):
-        if "locked_dims" in params:
-            overrides["locked_dims"] = (1,)
-        elif tuple(getattr(template, "locked_dims", ())) != (1,):  # e.g. locked_dropout: locked already
-            name = name_of(template) or type(template).__name__
-            raise ConfigError(f"--model.locked=true needs a regulariser that takes locked_dims; {name!r} does not")
-
-    def build(rate: float) -> nn.Module:
-        return template.clone(rate=rate, **overrides)
-
-    return build
+def sequence_sites(regulariser, locked: bool = False) -> Sites:
+    """The :class:`~qsd_lightning.regularisers.sites.Sites` of a ``[B, T, F]`` site: units are
+    the features (``unit_dims=(-1,)``: one release probability per feature, as in docs/QSD.md,
+    unless the regulariser sets its own), and with ``locked`` also ``locked_dims=(1,)``: one
+    mask per sequence and feature, the same at every time step (Gal and Ghahramani 2016).
+    Regularisers without these arguments are used as they are; asking to lock one that cannot
+    lock (and is not locked so already) is a ``ConfigError``."""
+    return Sites(regulariser, unit_dims=(-1,), locked_dims=(1,) if locked else None, lock_required="--model.locked=true")
 
 
-def vector_site_factory(template: Regulariser):
-    """Factory ``rate -> module`` for a ``[B, F]`` site (the pooled features): any locking is
-    dropped, since there is no time axis. A regulariser that is locked by construction
-    (``locked_dropout``) becomes standard dropout there, which is what it is on one time step.
-    """
-    if not tuple(getattr(template, "locked_dims", ()) or ()):
-        return site_factory(template)
-    if "locked_dims" in inspect.signature(type(template)).parameters:
-        return lambda rate: template.clone(rate=rate, locked_dims=())
-    return lambda rate: Dropout(rate=rate)
+def vector_sites(regulariser) -> Sites:
+    """The :class:`~qsd_lightning.regularisers.sites.Sites` of a ``[B, F]`` site (the pooled
+    features): any locking is dropped, since there is no time axis. A regulariser that is locked
+    by construction (``locked_dropout``) becomes standard dropout there, which is what it is on
+    one time step."""
+    return Sites(regulariser, locked_dims=())
 
 
 class SentimentClassifier(ClassificationTask):
@@ -104,10 +84,10 @@ class SentimentClassifier(ClassificationTask):
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
     ) -> None:
-        regulariser = materialise(regulariser)  # a lazy_instance default, outside the CLI
-        default_rate = regulariser.rate
-        sequence_site = sequence_site_factory(regulariser, locked)  # fails early on a bad combination
-        vector_site = vector_site_factory(regulariser)
+        regulariser = resolve(regulariser)  # saved so in the hyper-parameters, as the CLI passes it
+        sequence_site = sequence_sites(regulariser, locked)  # fails early on a bad combination
+        vector_site = vector_sites(regulariser)
+        default_rate = sequence_site.rate
         where = "the inputs of the {} sites ({})"
         for rate in (embedding_rate, hidden_rate):
             check_sites(sequence_site, default_rate if rate is None else rate, ("batch", "time", "features"),

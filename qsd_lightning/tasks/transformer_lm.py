@@ -17,10 +17,11 @@ from torchmetrics import MeanMetric
 from ..callbacks.prediction import sequence_indices
 from ..errors import ConfigError
 from ..models.transformer import TransformerLanguageModel
-from ..regularisers import Dropout, Regulariser, materialise
+from ..regularisers import Dropout, Regulariser
+from ..regularisers.sites import Sites, resolve
 from ..regularisers.types import Rate
 from .checks import check_sites, datamodule_of
-from .language_model import LanguageModel, _site_factory
+from .language_model import LanguageModel, sequence_sites
 from .optim import check_optimizer, configure_optimizers
 
 __all__ = ["TransformerLM", "SITES"]
@@ -129,7 +130,7 @@ class TransformerLM(L.LightningModule):
         if not 0.0 <= min_lr_ratio <= 1.0:
             raise ConfigError(f"--model.min_lr_ratio must be in [0, 1] (a fraction of the peak rate), got {min_lr_ratio}")
 
-        regulariser = materialise(regulariser)
+        regulariser = resolve(regulariser)
         given = {
             "embedding": (embedding_regulariser, embedding_rate),
             "attention": (attention_regulariser, attention_rate),
@@ -139,12 +140,12 @@ class TransformerLM(L.LightningModule):
         }
         sites = {}
         for name, (own, rate) in given.items():
-            template = materialise(own) if own is not None else regulariser
-            chosen = rate if rate is not None else template.rate
-            if name == "attention":
-                factory, dims, where = (lambda rate, t=template: t.clone(rate=rate)), ATTENTION, "the attention probabilities"
+            template = own if own is not None else regulariser
+            if name == "attention":  # never locked
+                factory, dims, where = Sites(template), ATTENTION, "the attention probabilities"
             else:
-                factory, dims, where = _site_factory(template, locked), SEQUENCE, f"the {name} site's inputs (batch-first sequences)"
+                factory, dims, where = sequence_sites(template, locked), SEQUENCE, f"the {name} site's inputs (batch-first sequences)"
+            chosen = factory.rate_or_default(rate)
             option = f"--model.{name}_regulariser" if own is not None else "--model.regulariser"
             check_sites(factory, chosen, dims, where, option)
             sites[name] = (factory, chosen)

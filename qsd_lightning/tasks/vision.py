@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Literal, Optional
 
 import torch
 from jsonargparse import lazy_instance
 from jsonargparse.typing import PositiveInt
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..errors import ConfigError
 from ..models.cnn import ConvNet, WideResNet
-from ..models.mlp import RegulariserFactory
-from ..regularisers import Dropout, NoRegulariser, Regulariser, site_factory
-from ..regularisers.registry import name_of
+from ..regularisers import Dropout, Regulariser
+from ..regularisers.sites import Sites, resolve
 from ..regularisers.types import Rate
 from .checks import NumClasses, check_not_empty, check_sites
 from .classification import ClassificationTask
 
-__all__ = ["CNNClassifier", "WRNClassifier", "MaskKind", "conv_site_factory"]
+__all__ = ["CNNClassifier", "WRNClassifier", "MaskKind", "conv_sites"]
 
 #: ``element``: one mask entry per channel x position; ``channel``: one per channel (spatial)
 MaskKind = Literal["element", "channel"]
@@ -29,30 +27,16 @@ CHANNEL_LOCKED_DIMS = (2, 3)
 FEATURE_MAP_DIMS = ("batch", "channels", "height", "width")
 
 
-def conv_site_factory(template: Regulariser, mask: MaskKind) -> RegulariserFactory:
-    """Factory ``rate -> module`` for sites that see feature maps ``[B, C, H, W]``.
-
-    ``mask="channel"`` builds each site as ``template.clone(rate=rate, locked_dims=(2, 3))``:
-    one mask entry (and, for QSD, one p_j and c_j) per channel. ``ValueError`` if the
-    regulariser's constructor has no ``locked_dims`` (``none`` is accepted: it masks nothing).
-    """
+def conv_sites(regulariser, mask: MaskKind) -> Sites:
+    """The :class:`~qsd_lightning.regularisers.sites.Sites` of sites that see feature maps
+    ``[B, C, H, W]``: ``mask="channel"`` gives each site ``locked_dims=(2, 3)`` (one mask entry,
+    and for QSD one p_j and c_j, per channel); ``ConfigError`` if the regulariser cannot take
+    ``locked_dims`` (``none`` is accepted: it masks nothing)."""
+    _check_mask(mask)
     if mask == "element":
-        return site_factory(template)
-    if mask != "channel":
-        raise ConfigError(f"mask must be 'element' or 'channel', got {mask!r}")
-    if isinstance(template, NoRegulariser):
-        return site_factory(template)
-    if "locked_dims" not in inspect.signature(type(template)).parameters:
-        name = name_of(template) or type(template).__name__
-        raise ConfigError(
-            f"mask='channel' needs a regulariser that accepts locked_dims (qsd, dropout); "
-            f"{name!r} does not. Use --model.mask element, or add a locked_dims argument to it."
-        )
-
-    def build(rate: float) -> nn.Module:
-        return template.clone(rate=rate, locked_dims=CHANNEL_LOCKED_DIMS)
-
-    return build
+        return Sites(regulariser)
+    return Sites(regulariser, locked_dims=CHANNEL_LOCKED_DIMS, lock_required="mask='channel'",
+                 hint=". Use --model.mask element, or add a locked_dims argument to it.")
 
 
 def _check_mask(mask: str) -> None:
@@ -124,10 +108,10 @@ class CNNClassifier(ClassificationTask):
                 f"--model.channels has {len(channels)} conv blocks, which halve a {image_size}x{image_size} image "
                 f"(--model.image_size) to nothing: use at most {max(image_size.bit_length() - 1, 0)} blocks"
             )
-        default_rate = regulariser.rate
-        conv_rate = default_rate if conv_rate is None else conv_rate
-        classifier_rate = default_rate if classifier_rate is None else classifier_rate
-        conv_factory, dense_factory = conv_site_factory(regulariser, mask), site_factory(regulariser)
+        regulariser = resolve(regulariser)  # saved so in the hyper-parameters, as the CLI passes it
+        conv_factory = conv_sites(regulariser, mask)
+        dense_factory = Sites(regulariser)
+        conv_rate, classifier_rate = conv_factory.rate_or_default(conv_rate), conv_factory.rate_or_default(classifier_rate)
         where = "the inputs of the ConvNet's regulariser sites"
         if len(channels) > 1:
             check_sites(conv_factory, conv_rate, FEATURE_MAP_DIMS, f"{where} (feature maps)")
@@ -187,8 +171,9 @@ class WRNClassifier(ClassificationTask):
         _check_mask(mask)
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 10 or (depth - 4) % 6 != 0:
             raise ConfigError(f"--model.depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, 40, ...), got {depth!r}")
-        factory = conv_site_factory(regulariser, mask)
-        block_rate = regulariser.rate if block_rate is None else block_rate
+        regulariser = resolve(regulariser)  # saved so in the hyper-parameters, as the CLI passes it
+        factory = conv_sites(regulariser, mask)
+        block_rate = factory.rate_or_default(block_rate)
         check_sites(factory, block_rate, FEATURE_MAP_DIMS, "the inputs of the WideResNet's regulariser sites (feature maps)")
         net = WideResNet(
             depth=depth,
