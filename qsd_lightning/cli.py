@@ -134,7 +134,8 @@ class QSDLightningCLI(LightningCLI):
         )
 
     def before_instantiate_classes(self) -> None:
-        """Loggers without a ``save_dir`` write under ``trainer.default_root_dir``; the Trainer's
+        """Loggers without a ``save_dir`` write under ``trainer.default_root_dir`` (W&B runs are
+        grouped by its folder name unless a group is given); the Trainer's
         counts that it divides by are checked here (Lightning fails later with ZeroDivisionError)."""
         config = self.config[self.subcommand] if self.subcommand else self.config
         for key in ("accumulate_grad_batches", "check_val_every_n_epoch", "log_every_n_steps"):
@@ -147,6 +148,8 @@ class QSDLightningCLI(LightningCLI):
             init = getattr(entry, "init_args", None) if entry is not None and not isinstance(entry, bool) else None
             if init is not None and "save_dir" in init and init.get("save_dir") is None:
                 init["save_dir"] = root
+            if init is not None and str(getattr(entry, "class_path", "")).endswith("WandbLogger") and not init.get("group"):
+                init["group"] = Path(root).name  # the experiment (runs/<experiment>) groups its W&B runs
 
     # ------------------------------------------------------------------ building
     def _instantiate_trainer(self, config: dict, callbacks: list):

@@ -120,14 +120,18 @@ def test_checkpoint_whose_weights_do_not_fit(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------ last.ckpt
-def test_every_config_writes_last_at_each_epoch_end():
+@pytest.mark.parametrize("preset", [None, *sorted((REPO / "callbacks").glob("*.yaml"))], ids=lambda p: getattr(p, "stem", "alone"))
+def test_every_config_writes_last_at_each_epoch_end(preset, capsys):
+    """Every config as composed (configs/defaults, with or without a callback preset) keeps the
+    project's ModelCheckpoint (last.ckpt at every epoch end) and no other."""
     import yaml
 
-    for path in [*CONFIGS.glob("*.yaml"), *(REPO / "callbacks").glob("*.yaml")]:
-        callbacks = (yaml.safe_load(path.read_text()).get("trainer") or {}).get("callbacks") or []
-        checkpoints = [cb for cb in callbacks if "ModelCheckpoint" in cb["class_path"]]
-        for cb in checkpoints:
-            assert cb["class_path"] == "qsd_lightning.callbacks.ModelCheckpoint", path.name
+    for path in CONFIGS.glob("*.yaml"):
+        with pytest.raises(SystemExit):
+            cli_main(["--config", str(path), *(["--config", str(preset)] if preset else []), "--print_config"], run=False)
+        callbacks = yaml.safe_load(capsys.readouterr().out)["trainer"]["callbacks"]
+        checkpoints = [cb["class_path"] for cb in callbacks if "Checkpoint" in cb["class_path"]]
+        assert checkpoints == ["qsd_lightning.callbacks.ModelCheckpoint"], path.name
 
 
 def test_lightning_internals_used_by_model_checkpoint_exist():

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from qsd_lightning.data.cifar import write_cifar_pickles, write_image_folder
+from .data_builders import write_cifar_pickles, write_image_folder
 from qsd_lightning.models.cnn import ConvNet, WideResNet
 from qsd_lightning.regularisers import QSD, Dropout, NoRegulariser, Regulariser
 from qsd_lightning.tasks.vision import CNNClassifier, WRNClassifier

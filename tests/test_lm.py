@@ -200,8 +200,12 @@ def test_model_sites_locked_and_tying():
 # ---------------------------------------------------------------- CLI
 
 
-def test_config_states_zaremba_medium():
-    cfg = yaml.safe_load(CONFIG.read_text())
+def test_config_states_zaremba_medium(capsys):
+    from qsd_lightning.cli import cli_main
+
+    with pytest.raises(SystemExit):  # the config as the CLI composes it (configs/defaults included)
+        cli_main(["--config", str(CONFIG), "--print_config"], run=False)
+    cfg = yaml.safe_load(capsys.readouterr().out)
     args = cfg["model"]["init_args"]
     assert args["vocab_size"] == 10000 and args["hidden_size"] == 650 and args["num_layers"] == 2
     assert args["loss_sum_over_time"] is True and args["optimizer"]["init_args"]["lr"] == 1.0

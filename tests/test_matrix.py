@@ -19,7 +19,7 @@ from .test_lm import write_ptb
 from .test_sentiment import SMALL as SENTIMENT_SMALL
 from .test_sentiment import write_tsv
 from .test_transformer import TINY as TRANSFORMER_TINY
-from qsd_lightning.data.cifar import write_cifar_pickles  # noqa: E402
+from .data_builders import write_cifar_pickles  # noqa: E402
 
 
 def build_tiny_data(root):

@@ -239,8 +239,15 @@ def test_warmup_cosine_schedule_and_its_conflict_with_lr_scheduler():
         tiny(warmup_steps=5, lr_scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, 1))
 
 
-def test_config_layout_matches_the_lstm_config():
-    cfg, lstm = yaml.safe_load(CONFIG.read_text()), yaml.safe_load((CONFIGS / "lstm_ptb.yaml").read_text())
+def test_config_layout_matches_the_lstm_config(capsys):
+    from qsd_lightning.cli import cli_main
+
+    def composed(path):  # the config as the CLI composes it (configs/defaults included)
+        with pytest.raises(SystemExit):
+            cli_main(["--config", str(path), "--print_config"], run=False)
+        return yaml.safe_load(capsys.readouterr().out)
+
+    cfg, lstm = composed(CONFIG), composed(CONFIGS / "lstm_ptb.yaml")
     callbacks = [c["class_path"] for c in cfg["trainer"]["callbacks"]]
     assert [c["class_path"] for c in lstm["trainer"]["callbacks"]] == callbacks
     assert "qsd_lightning.callbacks.PredictionWriter" in callbacks

@@ -1,6 +1,8 @@
 """Callbacks: regulariser schedules and analysis logging."""
 
+from .analysis_off import AnalysisOff
 from .checkpoint import ModelCheckpoint
+from .early_stopping import EarlyStopping
 from .prediction import PredictionWriter
 from .progress import ProgressBar
 from .seeding import RankNoiseSeed, RNGStateCheckpoint, rank_seed
@@ -11,6 +13,8 @@ from .weights import WeightDistributions
 
 __all__ = [
     "ActivationSparsity",
+    "AnalysisOff",
+    "EarlyStopping",
     "ModelCheckpoint",
     "PredictionWriter",
     "ProgressBar",

@@ -50,6 +50,25 @@ def _class_path(entry: Any) -> str:
     return ""
 
 
+def composed_config(path: Path) -> dict:
+    """A config file as the CLI composes it, in plain YAML values: the file its ``config:`` key
+    names first (a path relative to the file, itself composed the same way), then the file's own
+    keys, where a dotted key (``trainer.max_epochs``) sets one value and a nested section replaces
+    that section (jsonargparse's rule; configs/defaults, callbacks/README.md). Checked against
+    ``--print_config`` for every config in tests/test_config_compose.py."""
+    path = Path(path)
+    own = yaml.safe_load(path.read_text()) or {}
+    include = own.pop("config", None)
+    config = composed_config(path.parent / include) if include else {}
+    for key, value in own.items():
+        *parents, leaf = str(key).split(".")
+        target = config
+        for part in parents:
+            target = target.setdefault(part, {})
+        target[leaf] = value
+    return config
+
+
 def run_cli_args(grid: GridArgs, run: Run) -> list[str]:
     """The LightningCLI arguments of one run (as for ``python -m qsd_lightning fit``).
 
@@ -58,7 +77,7 @@ def run_cli_args(grid: GridArgs, run: Run) -> list[str]:
     ``<run>/csv/version_0/metrics.csv`` comes first (so checkpoints land beside it), and the
     sparsity and weight callbacks are added when the config lacks them.
     """
-    config = yaml.safe_load(grid.config.read_text()) or {}
+    config = composed_config(grid.config)
     trainer = config.get("trainer") or {}
     run_dir = str(run.dir.resolve())
     loggers: list[dict] = [

@@ -747,14 +747,3 @@ class CIFARDataModule(TensorDataModule):
 
     def collate_fn(self, split: str) -> "CIFARCollate":
         return CIFARCollate(self.mean, self.std, augment=self.augment and split == "train")
-
-
-def __getattr__(name: str):
-    # The test-only writers moved to tests/data_builders.py. This bridge serves the test modules
-    # that still import them from here (tests/test_cnn.py, tests/test_matrix.py); delete it once
-    # they import from tests.data_builders. It finds nothing outside a checkout (no tests/).
-    if name in ("write_cifar_pickles", "write_image_folder"):
-        from tests import data_builders
-
-        return getattr(data_builders, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
