@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional, Sequence
 
+import torch
 from jsonargparse.typing import restricted_number_type
 
 from ..errors import ConfigError
@@ -35,6 +36,17 @@ def check_sites(
     (no regulariser) pass."""
     if rate:
         check_site_dims(factory(rate), dims, where, option)
+
+
+def check_finite_loss(module, loss, fix: str) -> None:
+    """Stop a run whose training loss is NaN or infinite, naming the step and what to try (``fix``)
+    (a :class:`FloatingPointError`, which ``cli.main`` prints in one line)."""
+    if not torch.isfinite(loss):
+        raise FloatingPointError(
+            f"non-finite training loss ({loss.item()}) at global step {module.global_step}, "
+            f"epoch {module.current_epoch}: stopping instead of training on. {fix}; earlier "
+            "checkpoints are untouched."
+        )
 
 
 def check_num_classes(datamodule: Any, num_classes: int, option: str = "--model.num_classes") -> None:

@@ -19,7 +19,7 @@ from ..models import MLP
 from ..regularisers import Dropout, Regulariser
 from ..regularisers.sites import Sites, resolve
 from ..regularisers.types import Rate
-from .checks import NumClasses, check_not_empty, check_num_classes, check_sites, datamodule_of
+from .checks import NumClasses, check_finite_loss, check_not_empty, check_num_classes, check_sites, datamodule_of
 from .optim import check_optimizer, configure_optimizers
 
 __all__ = ["ClassificationTask", "MLPClassifier"]
@@ -70,12 +70,8 @@ class ClassificationTask(L.LightningModule):
             self._inputs_checked = True
         logits = self(x)
         loss = F.cross_entropy(logits.float(), y)
-        if stage == "train" and not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"non-finite training loss ({loss.item()}) at global step {self.global_step}, "
-                f"epoch {self.current_epoch}: stopping instead of training on. Lower the learning "
-                "rate or check the data; earlier checkpoints are untouched."
-            )
+        if stage == "train":
+            check_finite_loss(self, loss, "Lower the learning rate or check the data")
         accuracy = self.metrics[f"{stage}_acc"]
         accuracy(logits, y)
         on_step = stage == "train"

@@ -20,7 +20,7 @@ from ..regularisers.sites import Sites, resolve
 from ..regularisers.types import Rate
 from ..regularisers.variants import WeightDrop
 from ..errors import ConfigError
-from .checks import check_sites
+from .checks import check_finite_loss, check_sites
 from .optim import check_optimizer, configure_optimizers
 
 __all__ = ["LanguageModel", "VocabularyMismatchError", "sequence_sites"]
@@ -206,12 +206,7 @@ class LanguageModel(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         loss = self.loss_and_carry(batch, "train")
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"non-finite training loss ({loss.item()}) at global step {self.global_step}, "
-                f"epoch {self.current_epoch}: stopping instead of training on. Lower the learning "
-                "rate or the gradient clipping value; earlier checkpoints are untouched."
-            )
+        check_finite_loss(self, loss, "Lower the learning rate or the gradient clipping value")
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch[1].numel())
         return loss * batch[1].shape[1] if self.loss_sum_over_time else loss
 

@@ -20,7 +20,7 @@ from ..models.transformer import TransformerLanguageModel
 from ..regularisers import Dropout, Regulariser
 from ..regularisers.sites import Sites, resolve
 from ..regularisers.types import Rate
-from .checks import check_sites, datamodule_of
+from .checks import check_finite_loss, check_sites, datamodule_of
 from .language_model import LanguageModel, sequence_sites
 from .optim import check_optimizer, configure_optimizers
 
@@ -194,12 +194,7 @@ class TransformerLM(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         loss = self.token_nll(batch).mean()
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"non-finite training loss ({loss.item()}) at global step {self.global_step}, "
-                f"epoch {self.current_epoch}: stopping instead of training on. Lower the learning "
-                "rate or the gradient clipping value; earlier checkpoints are untouched."
-            )
+        check_finite_loss(self, loss, "Lower the learning rate or the gradient clipping value")
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch[1].numel())
         return loss
 
