@@ -16,6 +16,14 @@ from .spec import GridArgs
 __all__ = ["plot"]
 
 
+
+def _save(fig, path: Path, plt, dpi: int = 120) -> Path:
+    """Lay out, write and close one figure; its path."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
 def _test_metric_figure(frame, ok, grid: GridArgs, labels: list[str], colors: dict, rng, plt) -> Path | None:
     """The primary test metric per regulariser: seeds as points, mean +- sd as a bar."""
     out = grid.out
@@ -31,11 +39,7 @@ def _test_metric_figure(frame, ok, grid: GridArgs, labels: list[str], colors: di
         ax.set_ylabel(metric_desc)
         ax.set_title(f"{grid.config.stem}: {metric_desc}\nseeds as points, bar = mean ± sd", fontsize=9)
         ax.grid(axis="y", alpha=0.3)
-        fig.tight_layout()
-        path = out / f"{metric_slug(metric)}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        return path
+        return _save(fig, out / f"{metric_slug(metric)}.png", plt, dpi=120)
     return None
 
 
@@ -59,11 +63,7 @@ def _validation_figure(frame, curves, ok, grid: GridArgs, labels: list[str], col
         ax.set_title(f"{grid.config.stem}: {curve_desc} per epoch (mean ± sd over seeds)", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = out / "validation.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        return path
+        return _save(fig, out / "validation.png", plt, dpi=120)
     return None
 
 
@@ -93,11 +93,7 @@ def _sparsity_figure(ok, grid: GridArgs, labels: list[str], colors: dict, rng, p
         axes[0][0].set_ylabel("final validation sparsity")
         axes[0][-1].legend(fontsize=7, loc="best")
         fig.suptitle(f"{grid.config.stem}: sparsity of hidden codes per layer (bars: mean, points: seeds)", fontsize=9)
-        fig.tight_layout()
-        path = out / "sparsity.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        return path
+        return _save(fig, out / "sparsity.png", plt, dpi=120)
     return None
 
 
@@ -118,8 +114,9 @@ def _weights_figure(ok, grid: GridArgs, labels: list[str], colors: dict, rng, pl
         try:
             state = load_checkpoint(ckpt).get("state_dict")
         except CheckpointError as err:
-            note = f"`{row['regulariser']}` seed {row['seed']}: left out of weights.png: {err}"
-            print(f"warning: {row['regulariser']} seed {row['seed']}: left out of weights.png: {err}", file=sys.stderr)
+            left_out = f"seed {row['seed']}: left out of weights.png: {err}"
+            note = f"`{row['regulariser']}` {left_out}"
+            print(f"warning: {row['regulariser']} {left_out}", file=sys.stderr)
             if notes is not None:
                 notes.append(note)
             continue
@@ -149,11 +146,7 @@ def _weights_figure(ok, grid: GridArgs, labels: list[str], colors: dict, rng, pl
         else:
             fig.legend(handles, names, fontsize=7, loc="lower center", ncol=min(4, len(names)))
         fig.suptitle(f"{grid.config.stem}: weights and biases of the tested checkpoints (all seeds pooled, central 99%)", fontsize=9)
-        fig.tight_layout()
-        path = out / "weights.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        return path
+        return _save(fig, out / "weights.png", plt, dpi=110)
     return None
 
 
