@@ -16,7 +16,6 @@ from .spec import GridArgs
 __all__ = ["plot"]
 
 
-
 def _save(fig, path: Path, plt, dpi: int = 120) -> Path:
     """Lay out, write and close one figure; its path."""
     fig.tight_layout()
