@@ -18,7 +18,6 @@ import netrc
 import os
 import ssl
 import sys
-import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -33,6 +32,7 @@ from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from .errors import ConfigError
+from .timeouts import call_within
 from .regularisers.backend import describe as describe_backend
 
 __all__ = [
@@ -111,27 +111,22 @@ def _probe(url: str, timeout: float) -> str | None:
     slow name resolution is bounded too; no process-wide socket timeout is touched. A TLS
     certificate error counts as an answer: wandb may trust what urllib does not, and
     ``wandb.init`` is bounded anyway."""
-    outcome: list[str | None] = []
 
-    def attempt() -> None:
+    def attempt() -> str | None:
         request = urllib.request.Request(url, method="GET", headers={"User-Agent": "qsd-lightning-probe"})
         try:
             with urllib.request.urlopen(request, timeout=timeout):
-                outcome.append(None)
+                return None
         except urllib.error.HTTPError as err:  # a status line: the server answered
             err.close()
-            outcome.append(None)
+            return None
         except urllib.error.URLError as err:
-            outcome.append(None if isinstance(err.reason, ssl.SSLError) else str(err.reason))
+            return None if isinstance(err.reason, ssl.SSLError) else str(err.reason)
         except (OSError, http.client.HTTPException, ValueError) as err:
-            outcome.append(str(err) or type(err).__name__)
+            return str(err) or type(err).__name__
 
-    thread = threading.Thread(target=attempt, name="qsd-wandb-probe", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if not outcome:
-        return f"no HTTP answer within {timeout:g} s"
-    return outcome[0]
+    done, why = call_within(attempt, timeout, "qsd-wandb-probe")
+    return why if done else f"no HTTP answer within {timeout:g} s"
 
 
 def wandb_mode(offline: bool = False, probe_timeout: float | None = None) -> tuple[str, str | None]:

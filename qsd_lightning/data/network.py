@@ -13,10 +13,11 @@ import hashlib
 import os
 import socket
 import tempfile
-import threading
 import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from ..timeouts import call_within
 
 __all__ = ["DEFAULT_TIMEOUT", "READ_TIMEOUT", "HF_HOST", "download", "hf_offline", "host_of", "probe", "probe_urls", "reachable"]
 
@@ -32,21 +33,16 @@ _TRUE = {"1", "true", "yes", "on"}
 def probe(host: str, port: int = 443, timeout: float = DEFAULT_TIMEOUT) -> str | None:
     """None when a TCP connection to ``host:port`` opens within ``timeout`` seconds, else why
     not (``"cannot reach <host>: <reason>"``)."""
-    outcome: list[str | None] = []
 
-    def attempt() -> None:
+    def attempt() -> str | None:
         try:
             socket.create_connection((host, port), timeout=timeout).close()
-            outcome.append(None)
+            return None
         except (OSError, ValueError) as err:
-            outcome.append(f"cannot reach {host}: {err}")
+            return f"cannot reach {host}: {err}"
 
-    thread = threading.Thread(target=attempt, name="qsd-data-probe", daemon=True)
-    thread.start()
-    thread.join(timeout + 1.0)
-    if not outcome:
-        return f"cannot reach {host}: no answer within {timeout:g} s"
-    return outcome[0]
+    done, why = call_within(attempt, timeout + 1.0, "qsd-data-probe")
+    return why if done else f"cannot reach {host}: no answer within {timeout:g} s"
 
 
 def reachable(host: str, port: int = 443, timeout: float = DEFAULT_TIMEOUT) -> bool:
