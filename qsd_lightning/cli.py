@@ -8,7 +8,6 @@ parsing, so a bad value stops before anything is built.
 from __future__ import annotations
 
 import sys
-from datetime import timedelta
 from pathlib import Path
 
 from lightning.fabric.plugins import CheckpointIO
@@ -16,9 +15,9 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 from lightning.pytorch.callbacks.progress import ProgressBar as ProgressBarBase
 from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_only
 
+from . import _lightning_compat as compat
 from . import callbacks as _callbacks  # noqa: F401
 from . import data as _data  # noqa: F401  (makes the data modules resolvable by class name)
 from . import regularisers as _regularisers  # noqa: F401  (registry aliases)
@@ -52,6 +51,9 @@ class QSDLightningCLI(LightningCLI):
         )
 
     # ------------------------------------------------------------------ parsing
+    # Overrides a private LightningCLI method (listed in _lightning_compat.PRIVATE_API): Lightning
+    # calls it right after parsing and loads --ckpt_path there with weights_only=True; no public
+    # hook runs before that load.
     def _parse_ckpt_path(self) -> None:
         """Resolve ``--ckpt_path`` (``last`` included) to a file, load it safely, refuse another
         architecture, and rebuild the model from the checkpoint's hyper-parameters with one
@@ -152,27 +154,51 @@ class QSDLightningCLI(LightningCLI):
                 init["group"] = Path(root).name  # the experiment (runs/<experiment>) groups its W&B runs
 
     # ------------------------------------------------------------------ building
-    def _instantiate_trainer(self, config: dict, callbacks: list):
-        """Add the project's always-on pieces: per-rank noise seeds, random states in
-        checkpoints, atomic checkpoint writes, the DDP timeout, the log-file-friendly
-        :class:`ProgressBar` (unless bars are off or another progress bar is given), and for
-        ``predict`` a :class:`PredictionWriter` unless another writer is given."""
-        given = config.get("callbacks") or []
-        given = given if isinstance(given, list) else [given]
-        present = [*given, *callbacks]
-        extra = [cls() for cls in (RankNoiseSeed, RNGStateCheckpoint) if not any(isinstance(cb, cls) for cb in present)]
-        if config.get("enable_progress_bar") is not False and not any(isinstance(cb, ProgressBarBase) for cb in present):
-            extra.append(ProgressBar())
+    #: callbacks every run gets, unless its config already has one of the same type; with
+    #: ``predict`` a :class:`PredictionWriter` too (see :meth:`always_on_callbacks`)
+    always_on = (RankNoiseSeed, RNGStateCheckpoint, ProgressBar)
+
+    def always_on_callbacks(self, config) -> list:
+        """The always-on callbacks this run needs, given the Trainer's ``config`` (callbacks
+        instantiated): per-rank noise seeds, random states in checkpoints, the
+        log-file-friendly :class:`ProgressBar` (unless bars are off or another progress bar is
+        given), and for ``predict`` a :class:`PredictionWriter` unless another writer is given.
+        The config's callbacks are all the callbacks here: this CLI adds no callback arguments
+        (``parser.add_lightning_class_args(Callback, ...)``), whose instances Lightning adds too."""
+        present = [*_as_list(config.get("callbacks")), *getattr(self, "_given_default_callbacks", [])]
+        wanted = [cls for cls in self.always_on if not any(isinstance(cb, cls) for cb in present)]
+        if config.get("enable_progress_bar") is False or any(isinstance(cb, ProgressBarBase) for cb in present):
+            wanted = [cls for cls in wanted if not issubclass(cls, ProgressBarBase)]
         if self.subcommand == "predict" and not any(isinstance(cb, BasePredictionWriter) for cb in present):
-            extra.append(PredictionWriter())  # predict always writes its file, also with a user's callback list
-        plugins = config.get("plugins") or []
-        plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
-        if not any(isinstance(p, CheckpointIO) for p in plugins) and not _strategy_has_checkpoint_io(config.get("strategy")):
-            config["plugins"] = [*plugins, AtomicCheckpointIO()]
-        trainer = super()._instantiate_trainer(config, [*callbacks, *extra])
-        timeout = self.config_init[self.subcommand].get("ddp_timeout") if self.subcommand else self.config_init.get("ddp_timeout")
-        if timeout and isinstance(trainer.strategy, DDPStrategy):
-            trainer.strategy._timeout = timedelta(seconds=float(timeout))  # read when the process group starts
+            wanted.append(PredictionWriter)  # predict always writes its file, also with a user's callback list
+        return [cls() for cls in wanted]
+
+    def instantiate_trainer(self, **kwargs):
+        """The Trainer, with the project's always-on pieces: the callbacks of
+        :meth:`always_on_callbacks` through LightningCLI's ``trainer_defaults`` (persistent
+        callbacks, added after the config's), atomic checkpoint writes (unless a CheckpointIO
+        is given) and the DDP timeout.
+
+        ``trainer_defaults["callbacks"]`` is set here, once the config's callbacks exist, not
+        when the CLI is made: Lightning adds persistent callbacks unconditionally, and a config
+        that lists e.g. a :class:`RankNoiseSeed` (stateful: two would clash in checkpoints)
+        or turns progress bars off must not get a second one, and only ``predict`` gets a
+        :class:`PredictionWriter`."""
+        init = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        config = {**init.get("trainer", {}), **kwargs}
+        if not hasattr(self, "_given_default_callbacks"):  # callbacks passed as trainer_defaults by a caller
+            self._given_default_callbacks = _as_list(self.trainer_defaults.get("callbacks"))
+        self.trainer_defaults = {
+            **self.trainer_defaults,
+            "callbacks": [*self.always_on_callbacks(config), *self._given_default_callbacks],
+        }
+        plugins = _as_list(config.get("plugins"))
+        if not any(isinstance(p, CheckpointIO) for p in plugins) and compat.explicit_checkpoint_io(config.get("strategy")) is None:
+            kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
+        trainer = super().instantiate_trainer(**kwargs)
+        timeout = init.get("ddp_timeout")
+        if timeout:
+            compat.set_ddp_timeout(trainer.strategy, timeout)  # read when the process group starts
         return trainer
 
     # ------------------------------------------------------------------ running
@@ -260,8 +286,10 @@ def _describe_regulariser(hparams: dict) -> str:
     return f"regulariser {reg}" if reg is not None else "no regulariser"
 
 
-def _strategy_has_checkpoint_io(strategy) -> bool:
-    return getattr(strategy, "_checkpoint_io", None) is not None
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 @rank_zero_only
@@ -297,7 +325,7 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> QSDLightningCLI
 def finish_wandb_runs(trainer) -> None:
     """Close W&B runs at the end of a command so the run files are complete (rank zero)."""
     for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger) and logger._experiment is not None and trainer.is_global_zero:
+        if isinstance(logger, WandbLogger) and compat.wandb_experiment_if_started(logger) is not None and trainer.is_global_zero:
             logger.experiment.finish()
 
 

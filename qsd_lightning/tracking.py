@@ -31,6 +31,7 @@ from lightning.pytorch.loggers import CSVLogger as _LightningCSVLogger
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from . import _lightning_compat as compat
 from .errors import ConfigError
 from .timeouts import call_within
 from .regularisers.backend import describe as describe_backend
@@ -211,8 +212,9 @@ class WandbLogger(_LightningWandbLogger):
             _say(f"W&B: {reason}; {self._offline_note(save_dir)}")
         kwargs["settings"] = _with_init_timeout(kwargs.get("settings"), init_timeout)
         super().__init__(project=project, save_dir=save_dir, offline=mode == "offline", mode=mode, **kwargs)
-        if self._init_args().get("anonymous") is None:  # deprecated in wandb; avoid its warning
-            self._init_args().pop("anonymous", None)
+        init = compat.wandb_init_kwargs(self)
+        if init.get("anonymous") is None:  # deprecated in wandb; avoid its warning
+            init.pop("anonymous", None)
 
     @staticmethod
     def _offline_note(save_dir: str) -> str:
@@ -227,33 +229,23 @@ class WandbLogger(_LightningWandbLogger):
             try:
                 return super().experiment
             except Exception as err:
-                mode = str(self._init_args().get("mode") or "online").lower()
-                if self._run_started() or mode == "disabled":
+                init = compat.wandb_init_kwargs(self)
+                mode = str(init.get("mode") or "online").lower()
+                if compat.wandb_experiment_if_started(self) is not None or mode == "disabled":
                     raise
                 if mode == "offline":
                     _say(f"W&B: could not start the offline run ({_first_line(err)}); W&B logging is disabled for this run")
-                    self._init_args()["mode"] = "disabled"
+                    init["mode"] = "disabled"
                 else:
                     _say(f"W&B: could not start the run ({_first_line(err)}); {self._offline_note(self.save_dir or '.')}")
-                    self._init_args()["mode"] = "offline"
+                    init["mode"] = "offline"
 
     def continue_run(self, run_id: str) -> None:
         """Resume W&B run ``run_id`` (call before the run starts)."""
-        if self._run_started():
+        if compat.wandb_experiment_if_started(self) is not None:
             return
-        self._set_run_id(run_id)
-        self._init_args().update(id=run_id, resume="allow")
-
-    # ---- Lightning's private attributes (lightning 2.6 WandbLogger): touched only here ----
-    def _init_args(self) -> dict[str, Any]:
-        """The keyword arguments Lightning passes to ``wandb.init``."""
-        return self._wandb_init
-
-    def _run_started(self) -> bool:
-        return self._experiment is not None
-
-    def _set_run_id(self, run_id: str) -> None:
-        self._id = run_id
+        compat.set_wandb_run_id(self, run_id)
+        compat.wandb_init_kwargs(self).update(id=run_id, resume="allow")
 
 
 @rank_zero_only

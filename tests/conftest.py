@@ -49,3 +49,11 @@ def run_cli(tmp_path):
         return cli_main(base)
 
     return run
+
+
+@pytest.fixture
+def ptb_dir(tmp_path):
+    """Tiny PTB-format text (``data_builders.write_ptb``) in ``tmp_path / "ptb"``."""
+    from .data_builders import write_ptb
+
+    return write_ptb(tmp_path / "ptb")

@@ -1,11 +1,12 @@
 """Writers of the on-disk data formats the data modules read (IDX, CIFAR pickle batches,
-image folders): tiny real-format data sets for the tests. Test-only: the library reads these
-formats and never writes them."""
+image folders, PTB text, SST-2 tsv files): tiny real-format data sets for the tests, shared by
+the test modules. Test-only: the library reads these formats and never writes them."""
 
 from __future__ import annotations
 
 import gzip
 import pickle
+import random
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -13,7 +14,19 @@ import numpy as np
 
 from qsd_lightning.data.cifar import CIFAR10_CLASSES, LAYOUTS, Arrays, Dataset
 
-__all__ = ["write_cifar_pickles", "write_idx", "write_image_folder", "write_tiny_mnist"]
+__all__ = [
+    "PTB_VOCAB",
+    "PTB_WORDS",
+    "build_tiny_data",
+    "review",
+    "tiny_arrays",
+    "write_cifar_pickles",
+    "write_idx",
+    "write_image_folder",
+    "write_ptb",
+    "write_tiny_mnist",
+    "write_tsv",
+]
 
 
 def write_idx(path: str | Path, array: np.ndarray) -> None:
@@ -86,4 +99,70 @@ def write_image_folder(
             folder.mkdir(parents=True, exist_ok=True)
             n = counts[int(label)] = counts.get(int(label), -1) + 1
             Image.fromarray(image.transpose(1, 2, 0)).save(folder / f"{n:04d}.{fmt}", quality=75)
+    return root
+
+
+def tiny_arrays(n: int, num_classes: int = 10, seed: int = 0):
+    """``n`` random uint8 images [n, 3, 32, 32], every class present (labels cycle)."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, size=(n, 3, 32, 32), dtype=np.uint8)
+    y = np.arange(n, dtype=np.int64) % num_classes
+    return x, y
+
+
+# ------------------------------------------------------------------- PTB-format text
+PTB_WORDS = ["the", "a", "cat", "dog", "sat", "on", "mat", "<unk>", "N", "ran"]
+#: the vocabulary size of ``write_ptb``'s text: its words + ``<eos>``
+PTB_VOCAB = len(PTB_WORDS) + 1
+
+
+def write_ptb(folder: Path, lines: dict[str, int] | None = None, seed: int = 0) -> Path:
+    """Tiny PTB-format files (Mikolov's layout: leading/trailing space, one sentence a line)."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (lines or {"train": 60, "valid": 20, "test": 20}).items():
+        text = "".join(" " + " ".join(rng.choice(PTB_WORDS) for _ in range(rng.randint(3, 9))) + " \n" for _ in range(n))
+        if split == "train":  # every word type occurs in train
+            text += " " + " ".join(PTB_WORDS) + " \n"
+        (folder / f"ptb.{split}.txt").write_text(text)
+    return folder
+
+
+# ------------------------------------------------------------------- movie reviews (IMDB / SST-2)
+POS = ["great", "wonderful", "superb", "loved", "moving"]
+NEG = ["awful", "boring", "terrible", "hated", "dull"]
+FILLER = ["the", "film", "a", "plot", "actor", "was", "and", "it", "story", "scene", "music", "isn't"]
+
+
+def review(rng: random.Random, label: int) -> str:
+    """One random review: filler words plus two sentiment words of the label, IMDB markup."""
+    words = rng.choices(FILLER, k=rng.randint(2, 25)) + rng.choices(POS if label else NEG, k=2)
+    rng.shuffle(words)
+    return " ".join(words).capitalize() + ".<br /><br />The End!"
+
+
+def write_tsv(root: Path, n_train: int = 60, dev: bool = True, test: str | None = "glue", seed: int = 0) -> Path:
+    """SST-2 style ``train.tsv`` (+ ``dev.tsv``; ``test.tsv`` unlabelled as GLUE's, labelled, or none)."""
+    rng = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
+
+    def rows(n):
+        return [(review(rng, i % 2).lower().replace("<br /><br />", " "), i % 2) for i in range(n)]
+
+    (root / "train.tsv").write_text("sentence\tlabel\n" + "".join(f"{s} \t{y}\n" for s, y in rows(n_train)), encoding="utf-8")
+    if dev:
+        (root / "dev.tsv").write_text("sentence\tlabel\n" + "".join(f"{s} \t{y}\n" for s, y in rows(16)), encoding="utf-8")
+    if test == "glue":  # GLUE's test.tsv: no labels
+        (root / "test.tsv").write_text("index\tsentence\n" + "".join(f"{i}\t{s}\n" for i, (s, _) in enumerate(rows(10))), encoding="utf-8")
+    elif test == "labelled":
+        (root / "test.tsv").write_text("sentence\tlabel\n" + "".join(f"{s}\t{y}\n" for s, y in rows(14)), encoding="utf-8")
+    return root
+
+
+# ------------------------------------------------------------------- one tiny data set per architecture
+def build_tiny_data(root: Path) -> Path:
+    """Tiny CIFAR-10 pickles, PTB text and SST-2 tsv files under ``root``."""
+    write_cifar_pickles(root / "cifar10", "cifar10", tiny_arrays(24, 10, 0), tiny_arrays(8, 10, 1))
+    write_ptb(root / "ptb")
+    write_tsv(root / "sst2")
     return root

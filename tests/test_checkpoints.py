@@ -23,7 +23,7 @@ from qsd_lightning.checkpointing import AtomicCheckpointIO, CheckpointError, loa
 from qsd_lightning.cli import DEFAULT_DDP_TIMEOUT, cli_main, main
 
 from .conftest import CONFIGS, REPO
-from .test_trust import run_main
+from .helpers import cli_subprocess, final_val_loss, run_main
 
 DIGITS = str(CONFIGS / "mlp_digits.yaml")
 FAST = ["--trainer.limit_train_batches=3", "--trainer.limit_val_batches=2", "--trainer.accelerator=cpu",
@@ -361,8 +361,6 @@ def test_resumable_loader_draws_exactly_what_the_shuffled_loader_draws():
 def test_resume_from_a_mid_epoch_checkpoint_is_exact(tmp_path):
     """A checkpoint written in the middle of an epoch (every_n_train_steps) resumes the rest of
     that epoch's batches and random draws: the final metrics equal an uninterrupted run's."""
-    from .test_trust import cli_subprocess, final_val_loss
-
     steps = ["--trainer.callbacks+=qsd_lightning.callbacks.ModelCheckpoint", "--trainer.callbacks.every_n_train_steps=5",
              "--trainer.callbacks.save_top_k=-1", "--trainer.callbacks.save_last=true", "--trainer.callbacks.dirpath=steps"]
     common = ["fit", "--config", DIGITS, "--trainer.limit_train_batches=6", "--trainer.limit_val_batches=3",
@@ -370,7 +368,7 @@ def test_resume_from_a_mid_epoch_checkpoint_is_exact(tmp_path):
     straight, broken = tmp_path / "straight", tmp_path / "broken"
     straight.mkdir(), broken.mkdir()
     cli_subprocess(common, straight)
-    killed = cli_subprocess([*common, "--trainer.callbacks+=tests.test_trust.KillAtStep", "--trainer.callbacks.step=15"],
+    killed = cli_subprocess([*common, "--trainer.callbacks+=tests.helpers.KillAtStep", "--trainer.callbacks.step=15"],
                             broken, check=False)
     assert killed.returncode == -signal.SIGKILL
     mid = load_checkpoint(broken / "steps" / "last.ckpt")

@@ -20,15 +20,7 @@ from qsd_lightning.data.cifar import (
 )
 from qsd_lightning.data import cifar
 
-from .data_builders import write_cifar_pickles, write_image_folder
-
-
-def tiny_arrays(n: int, num_classes: int = 10, seed: int = 0):
-    """``n`` random uint8 images [n, 3, 32, 32], every class present (labels cycle)."""
-    rng = np.random.default_rng(seed)
-    x = rng.integers(0, 256, size=(n, 3, 32, 32), dtype=np.uint8)
-    y = np.arange(n, dtype=np.int64) % num_classes
-    return x, y
+from .data_builders import tiny_arrays, write_cifar_pickles, write_image_folder
 
 
 def make_pickles(root: Path, dataset: str = "cifar10", n_train: int = 40, n_test: int = 20):

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from .data_builders import write_cifar_pickles, write_image_folder
+from .data_builders import tiny_arrays, write_cifar_pickles, write_image_folder
 from qsd_lightning.models.cnn import ConvNet, WideResNet
 from qsd_lightning.regularisers import QSD, Dropout, NoRegulariser, Regulariser
 from qsd_lightning.tasks.vision import CNNClassifier, WRNClassifier
@@ -17,28 +17,23 @@ from qsd_lightning.tasks.vision import CNNClassifier, WRNClassifier
 from .conftest import CONFIGS
 
 
-def _arrays(n: int, num_classes: int, seed: int):
-    rng = np.random.default_rng(seed)
-    return rng.integers(0, 256, size=(n, 3, 32, 32), dtype=np.uint8), np.arange(n) % num_classes
-
-
 @pytest.fixture
 def cifar10_pickles(tmp_path):
     root = tmp_path / "cifar10"
-    write_cifar_pickles(root, "cifar10", _arrays(40, 10, 0), _arrays(10, 10, 1))
+    write_cifar_pickles(root, "cifar10", tiny_arrays(40, 10, 0), tiny_arrays(10, 10, 1))
     return root
 
 
 @pytest.fixture
 def cifar100_pickles(tmp_path):
     root = tmp_path / "cifar100"
-    write_cifar_pickles(root, "cifar100", _arrays(40, 100, 0), _arrays(10, 100, 1))
+    write_cifar_pickles(root, "cifar100", tiny_arrays(40, 100, 0), tiny_arrays(10, 100, 1))
     return root
 
 
 @pytest.fixture
 def cifar10_archive(tmp_path):
-    folder = write_image_folder(tmp_path / "src", _arrays(30, 10, 0), _arrays(10, 10, 1), fmt="jpg")
+    folder = write_image_folder(tmp_path / "src", tiny_arrays(30, 10, 0), tiny_arrays(10, 10, 1), fmt="jpg")
     root = tmp_path / "archive"
     root.mkdir()
     with tarfile.open(root / "cifar10_jpeg_subset.tar.gz", "w:gz") as tar:

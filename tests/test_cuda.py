@@ -9,8 +9,8 @@ import torch
 
 from qsd_lightning.regularisers import QSD, available, build
 
-from .conftest import CONFIGS
-from .test_matrix import architecture_args, build_tiny_data
+from .data_builders import build_tiny_data
+from .helpers import architecture_args
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -17,7 +17,7 @@ from qsd_lightning.data.idx import read_idx
 from qsd_lightning.data.network import download, hf_offline, host_of, probe, probe_urls, reachable
 from qsd_lightning.data.text import Vocabulary
 
-from .data_builders import write_idx, write_tiny_mnist  # noqa: F401 (test_trust imports it from here)
+from .data_builders import write_idx, write_tiny_mnist
 
 
 def test_digits_split_is_deterministic_and_disjoint():

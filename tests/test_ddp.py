@@ -10,7 +10,8 @@ import pytest
 from qsd_lightning.compare import metrics_csv
 
 from .conftest import CONFIGS
-from .test_trust import cli_subprocess
+from .data_builders import build_tiny_data
+from .helpers import architecture_args, cli_subprocess
 
 pytestmark = pytest.mark.slow  # subprocesses and process groups
 
@@ -44,8 +45,6 @@ def test_ddp_fit_mlp_two_epochs(tmp_path):
 
 @pytest.mark.parametrize("arch", ["cnn", "lstm_lm", "transformer_lm", "sentiment"])
 def test_ddp_fit_other_architectures(arch, tmp_path):
-    from .test_matrix import architecture_args, build_tiny_data
-
     data = build_tiny_data(tmp_path / "data")
     cli_subprocess(["fit", *architecture_args(arch, data), *DDP, "--model.regulariser=qsd", "--trainer.max_epochs=1",
                     "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=2"], tmp_path)

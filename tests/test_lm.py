@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import math
-import random
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import lightning as L
@@ -22,27 +20,7 @@ from qsd_lightning.regularisers import QSD, Dropout, NoRegulariser, SpatialDropo
 from qsd_lightning.tasks import LanguageModel
 from qsd_lightning.tasks.language_model import VocabularyMismatchError
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "lstm_ptb.yaml"
-WORDS = ["the", "a", "cat", "dog", "sat", "on", "mat", "<unk>", "N", "ran"]
-VOCAB = len(WORDS) + 1  # + <eos>
-TINY = ["--model.embedding_size=8", "--model.hidden_size=8", "--data.batch_size=2", "--data.bptt=5", f"--model.vocab_size={VOCAB}"]
-
-
-def write_ptb(folder: Path, lines: dict[str, int] | None = None, seed: int = 0) -> Path:
-    """Tiny PTB-format files (Mikolov's layout: leading/trailing space, one sentence a line)."""
-    rng = random.Random(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    for split, n in (lines or {"train": 60, "valid": 20, "test": 20}).items():
-        text = "".join(" " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 9))) + " \n" for _ in range(n))
-        if split == "train":  # every word type occurs in train
-            text += " " + " ".join(WORDS) + " \n"
-        (folder / f"ptb.{split}.txt").write_text(text)
-    return folder
-
-
-@pytest.fixture
-def ptb_dir(tmp_path):
-    return write_ptb(tmp_path / "ptb")
+from .helpers import LM_CONFIG as CONFIG, LM_TINY as TINY, VOCAB
 
 
 def fit_args(ptb_dir, *extra):

@@ -12,9 +12,8 @@ import torch
 from qsd_lightning.callbacks import PredictionWriter
 
 from .conftest import CONFIGS, REPO
-from .test_lm import CONFIG as LM_CONFIG, TINY as LM_TINY, write_ptb
-from .test_sentiment import write_tsv
-from .test_trust import cli_subprocess
+from .data_builders import write_ptb, write_tsv
+from .helpers import LM_CONFIG, LM_TINY, cli_subprocess
 
 DIGITS = str(CONFIGS / "mlp_digits.yaml")
 SST2 = str(CONFIGS / "rnn_sst2.yaml")

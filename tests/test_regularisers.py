@@ -140,9 +140,9 @@ def test_clone_keeps_every_constructor_argument(name):
     # positional arguments are recorded by name
     first = next(iter(inspect.signature(cls).parameters))
     assert cls(kwargs[first]).init_arguments() == {first: kwargs[first]}
-    # every site a task builds: site_factory, lazy_instance defaults, deep copies
-    _same_settings(m, R.site_factory(m)(0.2), kwargs, rate=0.2)
-    _same_settings(m, R.materialise(lazy_instance(cls, **kwargs)), kwargs)
+    # every site a task builds: Sites, lazy_instance defaults, deep copies
+    _same_settings(m, R.Sites(m)(0.2), kwargs, rate=0.2)
+    _same_settings(m, R.resolve(lazy_instance(cls, **kwargs)), kwargs)
     _same_settings(m, copy.deepcopy(m).clone(), kwargs)
     _same_settings(m, pickle.loads(pickle.dumps(m)).clone(), kwargs)
 

@@ -23,17 +23,8 @@ from qsd_lightning.regularisers import QSD, Dropout
 from qsd_lightning.tasks.sentiment import SentimentClassifier, sequence_sites, vector_sites
 
 from .conftest import CONFIGS
-
-POS = ["great", "wonderful", "superb", "loved", "moving"]
-NEG = ["awful", "boring", "terrible", "hated", "dull"]
-FILLER = ["the", "film", "a", "plot", "actor", "was", "and", "it", "story", "scene", "music", "isn't"]
-SMALL = ["--model.embedding_dim=8", "--model.hidden_size=8", "--data.batch_size=8", "--data.min_freq=1"]
-
-
-def review(rng: random.Random, label: int) -> str:
-    words = rng.choices(FILLER, k=rng.randint(2, 25)) + rng.choices(POS if label else NEG, k=2)
-    rng.shuffle(words)
-    return " ".join(words).capitalize() + ".<br /><br />The End!"
+from .data_builders import review, write_tsv
+from .helpers import SENTIMENT_SMALL as SMALL
 
 
 def write_aclimdb(root: Path, per_folder: int = 12, seed: int = 0) -> Path:
@@ -55,23 +46,6 @@ def write_archive(tree: Path, path: Path) -> Path:
     with tarfile.open(path, mode) as tar:
         tar.add(tree / "aclImdb", arcname="aclImdb")
     return path
-
-
-def write_tsv(root: Path, n_train: int = 60, dev: bool = True, test: str | None = "glue", seed: int = 0) -> Path:
-    rng = random.Random(seed)
-    root.mkdir(parents=True, exist_ok=True)
-
-    def rows(n):
-        return [(review(rng, i % 2).lower().replace("<br /><br />", " "), i % 2) for i in range(n)]
-
-    (root / "train.tsv").write_text("sentence\tlabel\n" + "".join(f"{s} \t{y}\n" for s, y in rows(n_train)), encoding="utf-8")
-    if dev:
-        (root / "dev.tsv").write_text("sentence\tlabel\n" + "".join(f"{s} \t{y}\n" for s, y in rows(16)), encoding="utf-8")
-    if test == "glue":  # GLUE's test.tsv: no labels
-        (root / "test.tsv").write_text("index\tsentence\n" + "".join(f"{i}\t{s}\n" for i, (s, _) in enumerate(rows(10))), encoding="utf-8")
-    elif test == "labelled":
-        (root / "test.tsv").write_text("sentence\tlabel\n" + "".join(f"{s}\t{y}\n" for s, y in rows(14)), encoding="utf-8")
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -19,12 +19,7 @@ from qsd_lightning.tasks import TransformerLM
 from qsd_lightning.tasks.transformer_lm import SITES, warmup_cosine
 
 from .conftest import CONFIGS
-from .test_lm import VOCAB, write_ptb
-
-CONFIG = CONFIGS / "transformer_ptb.yaml"
-#: a tiny Transformer for CLI tests on the tiny PTB-format text of ``write_ptb``
-TINY = [f"--model.vocab_size={VOCAB}", "--model.d_model=8", "--model.num_heads=2", "--model.num_layers=1",
-        "--model.d_ff=16", "--model.context_length=8", "--data.batch_size=2", "--data.bptt=5"]
+from .helpers import TRANSFORMER_CONFIG as CONFIG, TRANSFORMER_TINY as TINY, VOCAB
 
 
 def tiny(**kw) -> TransformerLM:
@@ -40,11 +35,6 @@ def regularisers_by_site(net: TransformerLanguageModel) -> dict[str, list[nn.Mod
         "mlp": [b.mlp_reg for b in net.blocks],
         "output": [net.output_reg],
     }
-
-
-@pytest.fixture
-def ptb_dir(tmp_path):
-    return write_ptb(tmp_path / "ptb")
 
 
 # ---------------------------------------------------------------- the network

@@ -2,50 +2,20 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 
-import lightning as L
 import pytest
 import torch
 
 from qsd_lightning.callbacks import RankNoiseSeed, rank_seed
-from qsd_lightning.cli import main
-from qsd_lightning.compare import metrics_csv
 from qsd_lightning.regularisers import QSD
 
-from .conftest import CONFIGS, REPO
+from .conftest import CONFIGS
+from .data_builders import write_ptb, write_tiny_mnist
+from .helpers import TRANSFORMER_CONFIG, TRANSFORMER_TINY, cli_subprocess, final_val_loss, run_main
 
 DIGITS = str(CONFIGS / "mlp_digits.yaml")
 SMALL = ["--trainer.limit_train_batches=6", "--trainer.limit_val_batches=3", "--model.regulariser=qsd"]
-
-
-class KillAtStep(L.Callback):
-    """Test helper: SIGKILL this process in the middle of training step ``step``."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
-def final_val_loss(root) -> list[float]:
-    return metrics_csv.values(metrics_csv.newest(root), "val/loss")
-
-
-def cli_subprocess(args, cwd, check=True):
-    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "qsd_lightning", *args, "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false"],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(proc.stderr[-3000:])
-    return proc
 
 
 def test_same_seed_same_metrics(run_cli, tmp_path):
@@ -71,7 +41,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     straight, broken = tmp_path / "straight", tmp_path / "broken"
     straight.mkdir(), broken.mkdir()
     cli_subprocess(common, straight)
-    killed = cli_subprocess([*common, "--trainer.callbacks+=tests.test_trust.KillAtStep", "--trainer.callbacks.step=15"], broken, check=False)
+    killed = cli_subprocess([*common, "--trainer.callbacks+=tests.helpers.KillAtStep", "--trainer.callbacks.step=15"], broken, check=False)
     assert killed.returncode == -signal.SIGKILL
     for ckpt in broken.rglob("*.ckpt"):  # every checkpoint left behind is complete
         assert "state_dict" in torch.load(ckpt, map_location="cpu", weights_only=False)
@@ -101,14 +71,6 @@ def test_rank_noise_seed_gives_ranks_different_masks():
 
 
 # ------------------------------------------------------------------- bad input: one line, exit != 0
-def run_main(args, capsys):
-    with pytest.raises(SystemExit) as info:
-        main(args)
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return info.value.code, err
-
-
 def test_missing_data_dir(capsys, tmp_path):
     code, err = run_main(["fit", "--config", str(CONFIGS / "mlp_mnist.yaml"), f"--data.data_dir={tmp_path / 'nope'}",
                           "--data.download=false", "--trainer.logger=false", "--trainer.accelerator=cpu"], capsys)
@@ -116,8 +78,6 @@ def test_missing_data_dir(capsys, tmp_path):
 
 
 def test_corrupt_data_file(capsys, tmp_path):
-    from .test_data import write_tiny_mnist
-
     write_tiny_mnist(tmp_path)
     (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(b"garbage")
     code, err = run_main(["fit", "--config", str(CONFIGS / "mlp_mnist.yaml"), f"--data.data_dir={tmp_path}",
@@ -159,11 +119,8 @@ def test_nan_loss_stops_with_the_step(capsys, tmp_path):
 
 # ------------------------------------------------------------------- the Transformer language model
 def transformer_args(tmp_path) -> list[str]:
-    from .test_lm import write_ptb
-    from .test_transformer import CONFIG, TINY
-
     data = write_ptb(tmp_path / "ptb")
-    return ["--config", str(CONFIG), f"--data.data_dir={data}", *TINY, "--model.regulariser=qsd",
+    return ["--config", str(TRANSFORMER_CONFIG), f"--data.data_dir={data}", *TRANSFORMER_TINY, "--model.regulariser=qsd",
             "--trainer.limit_train_batches=6", "--trainer.limit_val_batches=3"]
 
 
@@ -185,7 +142,7 @@ def test_transformer_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     straight, broken = tmp_path / "straight", tmp_path / "broken"
     straight.mkdir(), broken.mkdir()
     cli_subprocess(common, straight)
-    killed = cli_subprocess([*common, "--trainer.callbacks+=tests.test_trust.KillAtStep", "--trainer.callbacks.step=15"], broken, check=False)
+    killed = cli_subprocess([*common, "--trainer.callbacks+=tests.helpers.KillAtStep", "--trainer.callbacks.step=15"], broken, check=False)
     assert killed.returncode == -signal.SIGKILL
     cli_subprocess([*common, "--ckpt_path=last"], broken)
     assert final_val_loss(straight)[-1] == final_val_loss(broken)[-1]

@@ -283,3 +283,14 @@ def test_runtime_user_error_resources_and_gpu_count():
         "--trainer.devices asks for GPUs [0, 1] but this machine has [0]: lower --trainer.devices (or set it to auto)"
     )
     assert runtime_user_error(MisconfigurationException("something else entirely")) is None
+
+
+def test_condense_gives_an_unrecognised_report_unchanged_even_over_several_lines():
+    """Nothing recognised (no parser key, no known wrapper line): the raw message, not its
+    first line dressed up as ``configuration: ...``."""
+    from qsd_lightning.cli_errors import condense
+
+    raw = "first line nobody anticipated\nsecond line with the detail"
+    assert condense(raw, []) == raw
+    assert condense(f"  {raw}\n", []) == raw
+    assert condense("", []) == ""

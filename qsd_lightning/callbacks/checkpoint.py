@@ -6,8 +6,9 @@ weights and ``--ckpt_path last`` retrains epochs. This subclass keeps Lightning'
 and adds one rule: whenever a validation (or, without validation, a training epoch) ends and
 when training ends, ``last.ckpt`` is written if it does not already hold the current step.
 
-The Lightning internals it relies on are listed in :data:`LIGHTNING_INTERNALS`; a test fails
-loudly when an upgrade removes one.
+The Lightning internals it relies on are reached through :mod:`qsd_lightning._lightning_compat`
+(listed in its ``PRIVATE_API``; :data:`LIGHTNING_INTERNALS` are the ModelCheckpoint ones); a
+test fails loudly when an upgrade removes one.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from __future__ import annotations
 from lightning.pytorch.callbacks import ModelCheckpoint as _LightningModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 
+from .. import _lightning_compat as compat
+
 __all__ = ["ModelCheckpoint", "LIGHTNING_INTERNALS"]
 
-#: private ModelCheckpoint methods this module calls (checked by the test suite)
-LIGHTNING_INTERNALS = ("_save_last_checkpoint", "_monitor_candidates", "_should_save_on_train_epoch_end")
+#: private ModelCheckpoint methods this module relies on (from ``_lightning_compat.PRIVATE_API``)
+LIGHTNING_INTERNALS = tuple(use.name for use in compat.PRIVATE_API if use.owner is _LightningModelCheckpoint)
 
 
 class ModelCheckpoint(_LightningModelCheckpoint):
@@ -29,6 +32,8 @@ class ModelCheckpoint(_LightningModelCheckpoint):
         super().__init__(*args, **kwargs)
         self._last_written_step: int | None = None
 
+    # Overrides a private Lightning method: listed in _lightning_compat.PRIVATE_API (no public
+    # hook says that last.ckpt was just written).
     def _save_last_checkpoint(self, trainer, monitor_candidates) -> None:
         super()._save_last_checkpoint(trainer, monitor_candidates)
         if self.save_last:
@@ -44,16 +49,16 @@ class ModelCheckpoint(_LightningModelCheckpoint):
             or self._last_written_step == trainer.global_step
         ):
             return
-        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        compat.save_last_checkpoint(self, trainer, compat.monitor_candidates(self, trainer))
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         super().on_train_epoch_end(trainer, pl_module)
-        if self._should_save_on_train_epoch_end(trainer):
+        if compat.saves_on_train_epoch_end(self, trainer):
             self._ensure_last(trainer)
 
     def on_validation_end(self, trainer, pl_module) -> None:
         super().on_validation_end(trainer, pl_module)
-        if not self._should_save_on_train_epoch_end(trainer):
+        if not compat.saves_on_train_epoch_end(self, trainer):
             self._ensure_last(trainer)
 
     def on_train_end(self, trainer, pl_module) -> None:

@@ -29,6 +29,8 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from .._lightning_compat import attached_trainer
+
 __all__ = ["PredictionWriter", "sample_indices", "sequence_indices", "next_free_path"]
 
 INDEX = "index"
@@ -39,7 +41,7 @@ DATALOADER = "dataloader_idx"
 
 
 def _predict_loader(module, dataloader_idx: int):
-    trainer = getattr(module, "_trainer", None)
+    trainer = attached_trainer(module)
     loaders = getattr(trainer, "predict_dataloaders", None) if trainer is not None else None
     if isinstance(loaders, (list, tuple)):
         return loaders[dataloader_idx] if dataloader_idx < len(loaders) else None

@@ -12,7 +12,7 @@ installed package's entry-point group ``qsd_lightning.regularisers`` (see :mod:`
 """
 
 from . import names  # noqa: F401  (aliases used by the CLI)
-from .base import Regulariser, ReleaseStatistics, materialise, site_factory
+from .base import Regulariser, ReleaseStatistics
 from .functional import MODES, qsd
 from .quantal import QSD, Dropout, NoRegulariser
 from .registry import ENTRY_POINT_GROUP, PLUGINS_ENV, PluginError, available, build, get, load_plugins, name_of, register
@@ -36,7 +36,6 @@ __all__ = [
     "get",
     "load_plugins",
     "matched_dropout_rate",
-    "materialise",
     "multiplier_variance",
     "name_of",
     "qsd",
@@ -51,7 +50,6 @@ __all__ = [
     "apply_weight_drop",
     "embedded",
     "remove_weight_drop",
-    "site_factory",
 ]
 
 

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from .functional import QuantalDraw, check_rate
 
-__all__ = ["Regulariser", "ReleaseStatistics", "materialise", "site_factory"]
+__all__ = ["Regulariser", "ReleaseStatistics"]
 
 #: instance attribute holding the arguments the constructor was called with (by name)
 _ARGUMENTS = "_init_arguments"
@@ -169,19 +169,3 @@ class Regulariser(nn.Module):
 # a subclass without its own __init__ runs this one, which must record as well
 Regulariser.__init__ = _recording(Regulariser.__init__)  # type: ignore[method-assign]
 
-
-def materialise(template: nn.Module) -> nn.Module:
-    """A plain instance for a jsonargparse ``lazy_instance`` (used as a constructor default in
-    the tasks; its attributes exist only once initialised); other modules unchanged. The same
-    as :func:`.sites.resolve` on a module."""
-    from .sites import resolve
-
-    return resolve(template)
-
-
-def site_factory(template: Regulariser):
-    """Factory ``rate -> module`` building a fresh copy of ``template`` for one site: a
-    :class:`.sites.Sites` with no layout (kept for callers of the old name)."""
-    from .sites import Sites
-
-    return Sites(template)

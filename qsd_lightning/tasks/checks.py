@@ -13,6 +13,7 @@ from jsonargparse.typing import restricted_number_type
 
 from ..errors import ConfigError
 from ..regularisers.quantal import check_site_dims
+from .._lightning_compat import attached_trainer
 
 __all__ = ["NumClasses", "datamodule_of", "check_sites", "check_num_classes", "check_not_empty"]
 
@@ -24,7 +25,7 @@ REGULARISER_OPTION = "--model.regulariser"
 
 def datamodule_of(module) -> Any:
     """The data module of the trainer ``module`` is attached to (None when there is none)."""
-    trainer = getattr(module, "_trainer", None)
+    trainer = attached_trainer(module)
     return getattr(trainer, "datamodule", None) if trainer is not None else None
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Optional
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from jsonargparse import lazy_instance
@@ -20,12 +19,13 @@ from ..regularisers import Dropout, Regulariser
 from ..regularisers.sites import Sites, resolve
 from ..regularisers.types import Rate
 from .checks import NumClasses, check_finite_loss, check_not_empty, check_num_classes, check_sites, datamodule_of
+from .network import NetworkTask
 from .optim import check_optimizer, configure_optimizers
 
 __all__ = ["ClassificationTask", "MLPClassifier"]
 
 
-class ClassificationTask(L.LightningModule):
+class ClassificationTask(NetworkTask):
     """Cross-entropy training of ``self.net`` with accuracy metrics.
 
     Logs ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``, ``test/loss``, ``test/acc``.
@@ -33,24 +33,35 @@ class ClassificationTask(L.LightningModule):
     A non-finite training loss stops the run with the step at which it happened. At setup the
     data module's ``num_classes`` (when it has one) must equal the model's, and the first batch
     of inputs must have the shape the network expects (:meth:`check_inputs`).
+
+    Args:
+        net: a ready network to train; None for a subclass, which builds its own in
+            :meth:`~qsd_lightning.tasks.network.NetworkTask.build_network` (every task of
+            this package does).
     """
 
     def __init__(
         self,
-        net: nn.Module,
+        net: Optional[nn.Module],
         num_classes: int,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
     ) -> None:
         super().__init__()
         check_optimizer(optimizer, lr_scheduler)
-        self.net = net
+        if net is not None:
+            self.net = net
         self.num_classes = num_classes
         self._inputs_checked = False
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.metrics = nn.ModuleDict(
             {f"{stage}_acc": MulticlassAccuracy(num_classes, average="micro") for stage in ("train", "val", "test")}
+        )
+
+    def build_network(self) -> nn.Module:
+        raise NotImplementedError(
+            f"{type(self).__name__}: give ClassificationTask a net, or define build_network() in the subclass"
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -138,19 +149,23 @@ class MLPClassifier(ClassificationTask):
         rates = (input_rate, factory.rate_or_default(hidden_rate), factory.rate_or_default(output_rate))
         for rate in rates:
             check_sites(factory, rate, ("batch", "features"), "the inputs of the MLP's regulariser sites")
-        net = MLP(
-            in_features,
-            num_classes,
-            hidden_sizes,
+        super().__init__(None, num_classes, optimizer, lr_scheduler)
+        self._network_args = dict(
+            in_features=in_features,
+            num_classes=num_classes,
+            hidden_sizes=hidden_sizes,
             regulariser=factory,
             input_rate=rates[0],
             hidden_rate=rates[1],
             output_rate=rates[2],
             batch_norm=batch_norm,
         )
-        super().__init__(net, num_classes, optimizer, lr_scheduler)
         self.in_features = in_features
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.configure_model()
+
+    def build_network(self) -> MLP:
+        return MLP(**self._network_args)
 
     def setup(self, stage: str) -> None:
         data_features = getattr(datamodule_of(self), "num_features", None)

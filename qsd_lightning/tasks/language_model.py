@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Optional
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from jsonargparse import lazy_instance
@@ -21,7 +20,9 @@ from ..regularisers.types import Rate
 from ..regularisers.variants import WeightDrop
 from ..errors import ConfigError
 from .checks import check_finite_loss, check_sites
+from .network import NetworkTask
 from .optim import check_optimizer, configure_optimizers
+from .._lightning_compat import attached_trainer
 
 __all__ = ["LanguageModel", "VocabularyMismatchError", "sequence_sites"]
 
@@ -42,7 +43,7 @@ def sequence_sites(regulariser, locked: bool) -> Sites:
                  hint=" (a locked_dropout must have time_dim=1: batch-first)")
 
 
-class LanguageModel(L.LightningModule):
+class LanguageModel(NetworkTask):
     """LSTM language model trained with truncated BPTT over contiguous batches.
 
     The data module (e.g. ``PTBDataModule``) yields ``(input, target)`` windows ``[B, T]`` of
@@ -130,12 +131,12 @@ class LanguageModel(L.LightningModule):
             check_sites(factory, rate, sequence, f"the {name} site's inputs (batch-first sequences)", option)
         check_sites(weight_drop, weight_drop_rate, ("output rows", "input columns"),
                     "the recurrent weights it drops (weight_hh [4 hidden, hidden])", "--model.weight_drop_regulariser")
-        self.net = LSTMLanguageModel(
-            vocab_size,
-            embedding_size,
-            hidden_size,
-            num_layers,
-            tie_weights,
+        self._network_args = dict(
+            vocab_size=vocab_size,
+            embedding_size=embedding_size,
+            hidden_size=hidden_size,
+            num_layers=num_layers,
+            tie_weights=tie_weights,
             embedding_regulariser=embedding_factory,
             embedding_rate=embedding_rate_,
             hidden_regulariser=hidden_factory,
@@ -155,11 +156,15 @@ class LanguageModel(L.LightningModule):
         self.eval_loss = nn.ModuleDict({stage: MeanMetric() for stage in ("val", "test")})
         self._states: dict[str, Optional[LSTMState]] = {stage: None for stage in STAGES}
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.configure_model()
+
+    def build_network(self) -> LSTMLanguageModel:
+        return LSTMLanguageModel(**self._network_args)
 
     # -- data checks and state handling
 
     def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        datamodule = getattr(attached_trainer(self), "datamodule", None)
         data_vocab = getattr(datamodule, "vocab_size", None)
         if data_vocab is not None and data_vocab != self.vocab_size:
             raise VocabularyMismatchError(

@@ -18,6 +18,7 @@ from ..regularisers.types import Rate
 from .checks import NumClasses, check_sites
 from .classification import ClassificationTask
 from .language_model import VocabularyMismatchError
+from .._lightning_compat import attached_trainer
 
 __all__ = ["SentimentClassifier", "sequence_sites", "vector_sites"]
 
@@ -94,7 +95,8 @@ class SentimentClassifier(ClassificationTask):
                         where.format("embedding and hidden", "batch-first sequences"))
         check_sites(vector_site, default_rate if output_rate is None else output_rate, ("batch", "features"),
                     where.format("output", "pooled features"))
-        net_args = dict(
+        super().__init__(None, num_classes, optimizer, lr_scheduler)
+        self._network_args = dict(
             num_classes=num_classes,
             embedding_dim=embedding_dim,
             hidden_size=hidden_size,
@@ -109,16 +111,22 @@ class SentimentClassifier(ClassificationTask):
             hidden_rate=default_rate if hidden_rate is None else hidden_rate,
             output_rate=default_rate if output_rate is None else output_rate,
         )
-        net = None if vocab_size is None else RecurrentClassifier(vocab_size, **net_args)
-        super().__init__(net, num_classes, optimizer, lr_scheduler)
-        self._net_args = net_args
         self.vocab_size = vocab_size
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.configure_model()
+
+    def build_network(self) -> Optional[RecurrentClassifier]:
+        """The network; None while ``vocab_size`` is unknown (the Trainer builds it after
+        :meth:`setup` has taken the size from the data)."""
+        if self.vocab_size is None:
+            return None
+        return RecurrentClassifier(self.vocab_size, **self._network_args)
 
     def setup(self, stage: str) -> None:
-        """Check the vocabulary size (and classes) against the data module; build the net
-        now if ``vocab_size`` was left to the data."""
-        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        """Check the vocabulary size (and classes) against the data module; take
+        ``vocab_size`` from it if it was left to the data (the network is then built by the
+        ``configure_model`` hook the Trainer calls next)."""
+        datamodule = getattr(attached_trainer(self), "datamodule", None)
         data_vocab = getattr(datamodule, "vocab_size", None)
         name = type(datamodule).__name__
         if self.vocab_size is None:
@@ -130,7 +138,6 @@ class SentimentClassifier(ClassificationTask):
                 )
             self.vocab_size = int(data_vocab)
             self.hparams["vocab_size"] = self.vocab_size  # checkpoints rebuild the same net
-            self.net = RecurrentClassifier(self.vocab_size, **self._net_args)
         elif data_vocab is not None and int(data_vocab) != self.vocab_size:
             raise VocabularyMismatchError(
                 f"SentimentClassifier: model.vocab_size is {self.vocab_size} but the data module's vocabulary "
@@ -149,7 +156,10 @@ class SentimentClassifier(ClassificationTask):
         if isinstance(tokens, (tuple, list)):  # (tokens, lengths) from _shared_step
             tokens, lengths = tokens
         if self.net is None:
-            raise RuntimeError("SentimentClassifier has no network yet: vocab_size is set at setup from the data module")
+            raise RuntimeError(
+                "SentimentClassifier has no network yet: vocab_size is taken from the data module at setup "
+                "(then configure_model() builds the network), or give vocab_size"
+            )
         return self.net(tokens, lengths)
 
     def _shared_step(self, batch, stage: str) -> Tensor:

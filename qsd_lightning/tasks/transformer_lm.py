@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from jsonargparse import lazy_instance
@@ -22,6 +21,7 @@ from ..regularisers.sites import Sites, resolve
 from ..regularisers.types import Rate
 from .checks import check_finite_loss, check_sites, datamodule_of
 from .language_model import LanguageModel, sequence_sites
+from .network import NetworkTask
 from .optim import check_optimizer, configure_optimizers
 
 __all__ = ["TransformerLM", "SITES"]
@@ -47,7 +47,7 @@ def warmup_cosine(warmup_steps: int, cosine_steps: Optional[int], min_lr_ratio: 
     return factor
 
 
-class TransformerLM(L.LightningModule):
+class TransformerLM(NetworkTask):
     """Causal Transformer language model (pre-norm GPT) with a regulariser at every site.
 
     Each ``(input, target)`` window ``[B, T]`` of the data module (e.g. ``PTBDataModule``, T =
@@ -150,8 +150,8 @@ class TransformerLM(L.LightningModule):
             check_sites(factory, chosen, dims, where, option)
             sites[name] = (factory, chosen)
 
-        self.net = TransformerLanguageModel(
-            vocab_size,
+        self._network_args = dict(
+            vocab_size=vocab_size,
             d_model=d_model,
             num_heads=num_heads,
             num_layers=num_layers,
@@ -169,6 +169,10 @@ class TransformerLM(L.LightningModule):
         self.schedule = (warmup_steps, cosine_steps, min_lr_ratio)
         self.eval_loss = nn.ModuleDict({stage: MeanMetric() for stage in ("val", "test")})
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.configure_model()
+
+    def build_network(self) -> TransformerLanguageModel:
+        return TransformerLanguageModel(**self._network_args)
 
     # -- data checks
 

@@ -119,7 +119,8 @@ class CNNClassifier(ClassificationTask):
         if hidden_sizes:
             check_sites(dense_factory, classifier_rate, ("batch", "features"),
                         f"{where} between the hidden_sizes layers (flat features; --model.mask channel locks only the conv sites)")
-        net = ConvNet(
+        super().__init__(None, num_classes, optimizer, lr_scheduler)
+        self._network_args = dict(
             num_classes=num_classes,
             in_channels=in_channels,
             channels=channels,
@@ -132,9 +133,12 @@ class CNNClassifier(ClassificationTask):
             classifier_rate=classifier_rate,
             batch_norm=batch_norm,
         )
-        super().__init__(net, num_classes, optimizer, lr_scheduler)
         self.in_channels, self.image_size = in_channels, image_size
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.configure_model()
+
+    def build_network(self) -> ConvNet:
+        return ConvNet(**self._network_args)
 
     def check_inputs(self, x) -> None:
         _check_images(x, self.in_channels, self.image_size)
@@ -175,7 +179,8 @@ class WRNClassifier(ClassificationTask):
         factory = conv_sites(regulariser, mask)
         block_rate = factory.rate_or_default(block_rate)
         check_sites(factory, block_rate, FEATURE_MAP_DIMS, "the inputs of the WideResNet's regulariser sites (feature maps)")
-        net = WideResNet(
+        super().__init__(None, num_classes, optimizer, lr_scheduler)
+        self._network_args = dict(
             depth=depth,
             widen_factor=widen_factor,
             num_classes=num_classes,
@@ -183,9 +188,12 @@ class WRNClassifier(ClassificationTask):
             regulariser=factory,
             block_rate=block_rate,
         )
-        super().__init__(net, num_classes, optimizer, lr_scheduler)
         self.in_channels = in_channels
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.configure_model()
+
+    def build_network(self) -> WideResNet:
+        return WideResNet(**self._network_args)
 
     def check_inputs(self, x) -> None:
         _check_images(x, self.in_channels, None)
