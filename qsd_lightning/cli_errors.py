@@ -386,11 +386,13 @@ def condense(message: str, argv: Optional[Sequence[str]] = None) -> str:
     leaf_class: Optional[str] = None
     leaf_indent, leaf_index = 0, 0
     class_path: Optional[str] = None
+    recognised = False  # a parser key, a given value or a known wrapper line seen
     for index, line in enumerate(lines):
         bullet = re.match(r"^(\s*(?:- )?)(.*)$", line)
         indent, text = len(bullet.group(1)), bullet.group(2).strip()
         key = re.match(r'Parser key "([^"]+)":\s*(.*)', text)
         if key:
+            recognised = True
             while stack and stack[-1][0] >= indent:
                 stack.pop()
             stack.append((indent, key.group(1)))
@@ -398,12 +400,16 @@ def condense(message: str, argv: Optional[Sequence[str]] = None) -> str:
             if not text:
                 continue
         if text.startswith("Given value:"):
+            recognised = True
             given = given or text.split(":", 1)[1].strip()
             continue
         problem_class = re.match(r"Problem with given class_path '([^']+)'", text)
         if problem_class and leaf is None:
             class_path = problem_class.group(1)
-        if not text or any(text.startswith(n) for n in _NOISE):
+        if not text:
+            continue
+        if any(text.startswith(n) for n in _NOISE):
+            recognised = True
             continue
         if leaf is None:
             while stack and stack[-1][0] >= indent and not key:
@@ -478,7 +484,7 @@ def condense(message: str, argv: Optional[Sequence[str]] = None) -> str:
     if accepted:
         full = f"--{path}.{accepted.group(1)}" if path else f"--{accepted.group(1)}"
         return f"{full}: no such option (misspelt key?)"
-    if not path and len(lines) == 1:  # nothing recognised and no argument to name: as it came
+    if not path and not recognised:  # nothing recognised and no argument to name: as it came
         return message.strip()
     return f"{arg}: {leaf}"
 
@@ -530,10 +536,32 @@ def _wrapped(err: BaseException) -> list[BaseException]:
     return chain
 
 
+def _slurm_message(text: str) -> Optional[str]:
+    """Lightning's refusals of a SLURM job that does not match the trainer (SLURMEnvironment)."""
+    devices = re.match(r"You set `devices=(\d+)` in Lightning, but the number of tasks per node configured in SLURM "
+                       r"`--ntasks-per-node=(\d+)` does not match", text)
+    if devices:
+        return (f"--trainer.devices {devices.group(1)} does not match the SLURM job's --ntasks-per-node={devices.group(2)}: "
+                f"give --trainer.devices {devices.group(2)} (one task per device), or change the job")
+    nodes = re.match(r"You set `num_nodes=(\d+)` in Lightning, but the number of nodes configured in SLURM "
+                     r"`--nodes=(\d+)` does not match", text)
+    if nodes:
+        return (f"--trainer.num_nodes {nodes.group(1)} does not match the SLURM job's --nodes={nodes.group(2)}: "
+                f"give --trainer.num_nodes {nodes.group(2)}, or change the job")
+    ntasks = re.match(r"You set `--ntasks=(\d+)` in your SLURM bash script, but this variable is not supported", text)
+    if ntasks:
+        return (f"the SLURM job sets --ntasks={ntasks.group(1)}, which Lightning cannot map to nodes: "
+                f"use #SBATCH --ntasks-per-node (one task per device) instead")
+    return None
+
+
 def _trainer_message(err: BaseException) -> Optional[str]:
     """Lightning's refusals of trainer settings, as one line naming the ``--trainer`` option."""
     text = str(err).strip()
     kind = type(err).__name__
+    slurm = _slurm_message(text)
+    if slurm is not None and kind in ("ValueError", "RuntimeError"):
+        return slurm
     if kind == "MisconfigurationException":
         if text.startswith("No supported gpu backend found"):
             return f"--trainer.accelerator gpu: no GPU is visible to this process (torch.cuda.is_available() is False); {_NO_GPU}"

@@ -24,6 +24,16 @@ SWEEPS = sorted((REPO / "configs" / "sweeps").glob("*.yaml"))
 # --------------------------------------------------------------------------- arguments
 
 
+
+@pytest.fixture(autouse=True)
+def _fresh_start_method(monkeypatch):
+    """These tests stand in for a run's process (``runner.run_child``, ``runner.run_command``),
+    which only ``--start-method fresh`` goes through: make it the default here. The forkserver
+    path is tested in test_compare_workers.py."""
+    from qsd_lightning.compare import spec
+
+    monkeypatch.setattr(spec, "_can_forkserver", lambda: False)
+
 def test_parse_args_builds_the_grid(tmp_path):
     grid = C.parse_args([
         "--config", DIGITS, "--regulariser", "dropout", "--regulariser", "qsd:gamma=4,mode=coupled",

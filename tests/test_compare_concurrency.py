@@ -39,6 +39,16 @@ except ImportError:  # pragma: no cover
     fcntl = None
 
 
+
+@pytest.fixture(autouse=True)
+def _fresh_start_method(monkeypatch):
+    """These tests stand in for a run's process (``runner.run_child``, ``runner.run_command``),
+    which only ``--start-method fresh`` goes through: make it the default here. The forkserver
+    path is tested in test_compare_workers.py."""
+    from qsd_lightning.compare import spec
+
+    monkeypatch.setattr(spec, "_can_forkserver", lambda: False)
+
 class Hold(Callback):
     """Keeps the run at the start of training while ``$QSD_TEST_HOLD`` exists (at most 120 s);
     touches ``$QSD_TEST_HOLD.<pid>`` when it gets there."""

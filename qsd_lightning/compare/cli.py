@@ -1,8 +1,9 @@
 """``python -m qsd_lightning.compare``: the entry point.
 
 ``python -m qsd_lightning.compare --config ... -r ... --out ...`` runs the grid under the grid
-lock and writes the report; ``... _run RUN_DIR -- ARGS`` is one grid point (the runner starts
-it); ``... update-doc [--check]`` refreshes docs/results.md from the grids' reports
+lock (on this machine, :mod:`.runner`, or as SLURM jobs, :mod:`.slurm`) and writes the report; ``... _run RUN_DIR -- ARGS`` is one grid point (the runner starts
+it); ``... pick --out TUNING_GRID`` prints each regulariser's setting tuned on validation
+(:mod:`.pick`); ``... update-doc [--check]`` refreshes docs/results.md from the grids' reports
 (:mod:`.results_doc`).
 """
 
@@ -62,6 +63,15 @@ def _stop_on_sigterm():
         signal.signal(signal.SIGTERM, previous)
 
 
+def _run_runs(grid: GridArgs):
+    """The unfinished runs, on the executor the grid names; the failures."""
+    if grid.executor == "local":
+        return run_grid(grid)
+    from .slurm import run_grid_submitit
+
+    return run_grid_submitit(grid, "slurm" if grid.executor == "slurm" else "local")
+
+
 def _main_grid(grid: GridArgs) -> int:
     _prepare_out(grid.out)
     if fcntl is None:  # pragma: no cover
@@ -77,7 +87,9 @@ def _main_grid(grid: GridArgs) -> int:
     with lock.acquire(wait=math.inf if grid.wait else 0.0, on_wait=waiting), _stop_on_sigterm():
         if not grid.report_only:  # grid.json records the last grid that ran runs, not a report's view of it
             (grid.out / "grid.json").write_text(json.dumps({"argv": grid.argv, "command": grid.command}, indent=1))
-        failures = [] if grid.report_only else run_grid(grid)
+        failures = [] if grid.report_only else _run_runs(grid)
+        if grid.detach and not grid.report_only:
+            return 1 if failures else 0
         frame = collect(grid)
         check_one_backend(frame)
         curves = validation_curves(frame)  # every run's metrics.csv read once, for the plot and the table
@@ -101,6 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["_run"]:  # one grid point, in its own process
         return main_run(argv)
+    if argv[:1] == ["pick"]:  # each regulariser's tuned setting from a tuning grid, on validation only
+        from . import pick
+
+        return pick.main(argv[1:])
     if argv[:1] == ["update-doc"]:  # docs/results.md from the grids' reports
         return results_doc.main(argv[1:], prog="python -m qsd_lightning.compare update-doc")
     grid = parse_args(argv)
@@ -114,5 +130,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted: the runs in progress were stopped; run the same command again to resume", file=sys.stderr)
+        if grid.executor == "slurm":
+            print("interrupted: stopped waiting; the SLURM jobs go on; run the same command again to wait for them "
+                  "and write the report", file=sys.stderr)
+        else:
+            print("interrupted: the runs in progress were stopped; run the same command again to resume", file=sys.stderr)
         return 130

@@ -2,11 +2,15 @@
 
 An exclusive ``flock`` that the kernel releases when its holder dies (even by SIGKILL), so it
 is never stale; the holder writes ``pid N on HOST since TIME`` into the file for whoever finds
-it taken.
+it taken. On a folder shared between machines the lock is the filesystem's: NFS (Linux clients
+map ``flock`` to NFS byte-range locks), GPFS and CephFS lock across machines; Lustre does when
+mounted with ``-o flock`` (with ``localflock`` only within one machine; without either, ``flock``
+fails and the runner says so in one line instead of running unlocked).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import time
@@ -65,7 +69,9 @@ class FolderLock:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     break
-                except BlockingIOError:
+                except OSError as err:
+                    if not isinstance(err, BlockingIOError):
+                        raise _no_locks(self.path, err) from None
                     left = deadline - time.monotonic()
                     if left <= 0:
                         raise FolderInUse(f"{self.what} is in use by {_read_holder(self.path)}" + (f"; {self.hint}" if self.hint else "")) from None
@@ -96,6 +102,15 @@ class FolderLock:
         self.release()
 
 
+def _no_locks(path: Path, err: OSError) -> OutputFolderError:
+    """The filesystem refuses ``flock`` (ENOLCK, ENOSYS, EOPNOTSUPP: e.g. Lustre without ``-o flock``)."""
+    name = errno.errorcode.get(err.errno or 0, str(err.errno))
+    return OutputFolderError(
+        f"{path.parent}: this filesystem does not support file locks ({name}: {err.strerror}), which keep two runners "
+        "off one folder; use a folder on a filesystem with locks (Lustre: mounted with -o flock)"
+    )
+
+
 def lock_holder(path: Path) -> str | None:
     """Who holds the lock at ``path`` (``pid N on HOST ...``), or None when it is free or absent."""
     if fcntl is None:  # pragma: no cover
@@ -109,6 +124,8 @@ def lock_holder(path: Path) -> str | None:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
             return _read_holder(path)
+        except OSError as err:
+            raise _no_locks(Path(path), err) from None
         fcntl.flock(fd, fcntl.LOCK_UN)
         return None
     finally:

@@ -116,13 +116,17 @@ def run_command(grid: GridArgs, run: Run) -> list[str]:
     return [sys.executable, "-m", "qsd_lightning.compare", "_run", str(run.dir), "--", *run_cli_args(grid, run)]
 
 
-def run_env(grid: GridArgs) -> dict[str, str]:
+def run_env(grid: GridArgs, threads: int | None = None, gpus: list[str] | None = None) -> dict[str, str]:
+    """A run's environment: this one, W&B disabled unless ``--wandb``, ``threads`` torch/OMP
+    threads (default ``--threads``), and only the GPUs ``gpus`` visible when given."""
     env = dict(os.environ)
     if not grid.wandb:
         env["WANDB_MODE"] = "disabled"
     env.setdefault("WANDB_SILENT", "true")
     env[RUNNER_PID_ENV] = str(os.getpid())  # the run dies with this process (see _die_with_runner)
-    threads = grid.threads or (max(1, (os.cpu_count() or 1) // grid.jobs) if grid.jobs > 1 else None)
+    threads = threads or grid.threads
     if threads:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    if gpus is not None:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
     return env

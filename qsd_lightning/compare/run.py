@@ -8,8 +8,10 @@ qsd_lightning fit`` does, and writes ``result.json`` last, with the SHA-256 of i
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -17,11 +19,11 @@ import warnings
 from pathlib import Path
 
 from ..errors import UserError
-from .locks import RUN_LOCK, FolderLock
+from .locks import RUN_LOCK, FolderLock, lock_holder
 from .metrics_csv import sha256 as metrics_csv_sha256
 from .plan import RESULT_FILE, RUNNER_PID_ENV
 
-__all__ = ["run_one", "main_run"]
+__all__ = ["run_one", "main_run", "prepare_run_dir", "run_here"]
 
 
 def _set_pdeathsig() -> None:
@@ -100,6 +102,52 @@ def run_one(run_dir: Path, cli_args: list[str]) -> dict:
         tmp.write_text(json.dumps(result, indent=1))
         tmp.replace(run_dir / RESULT_FILE)
     return result
+
+
+def prepare_run_dir(run_dir: Path, command: str) -> str | None:
+    """Start ``run_dir`` clean (a run that stopped half-way leaves a partial folder) and record
+    the command; the reason not to, if a live process holds the folder's lock."""
+    if run_dir.exists():
+        holder = lock_holder(run_dir / RUN_LOCK)
+        if holder:
+            return (
+                f"run folder {run_dir} is in use by {holder} (a run left over from another runner?); "
+                "not deleted: stop that process, then run again"
+            )
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    (run_dir / "command.txt").write_text(command + "\n")
+    return None
+
+
+def run_here(run_dir: Path, cli_args: list[str], env: dict[str, str], log: Path, threads: int | None) -> int:
+    """One grid point in this process, as ``python -m qsd_lightning.compare _run`` would run it in
+    a fresh one: exactly ``env`` as the environment, stdout and stderr appended to ``log``,
+    ``threads`` torch threads (as ``OMP_NUM_THREADS`` gives a fresh process), and a command
+    line that Lightning's DDP launcher can start the other ranks with. For a process that
+    exists for this one run (a fork of the forkserver, a SLURM job); returns the exit status."""
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    os.environ.clear()
+    os.environ.update(env)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    argv = ["_run", str(run_dir), "--", *cli_args]
+    main = sys.modules.get("__main__")
+    if main is not None:  # the DDP launcher re-runs ``python -m <__main__.__spec__.name> sys.argv[1:]``
+        main.__spec__ = importlib.util.find_spec("qsd_lightning.compare.__main__")
+    sys.argv = ["qsd_lightning.compare", *argv]
+    try:
+        return main_run(argv)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
 
 
 def main_run(argv: list[str]) -> int:

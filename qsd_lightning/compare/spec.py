@@ -139,6 +139,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-only", action="store_true", help="run nothing: collect finished runs and write the report")
     p.add_argument("--wait", action="store_true",
                    help="if another runner is using --out, wait for it to finish (default: stop at once)")
+    p.add_argument("--gpus-per-run", type=int, default=None, metavar="N",
+                   help="GPUs each run sees (local: runs placed on this machine's GPUs, N each, by setting "
+                        "CUDA_VISIBLE_DEVICES; default 1 when CUDA GPUs are visible, else 0; slurm: GPUs per job, default 0)")
+    ex = p.add_argument_group("where the runs execute")
+    ex.add_argument("--executor", choices=("local", "slurm", "submitit-local"), default="local",
+                    help="local: a process pool on this machine (default); slurm: one SLURM job per run through "
+                         "submitit (a job array); submitit-local: the slurm path through submitit's local executor, "
+                         "on this machine (to try a grid's submission without a cluster)")
+    ex.add_argument("--start-method", choices=("forkserver", "fresh"), default=None,
+                    help="local executor: forkserver (default on Linux) forks each run from one process that "
+                         "imported torch and Lightning once; fresh starts a new Python per run")
+    ex.add_argument("--slurm-partition", default=None, help="slurm: partition")
+    ex.add_argument("--slurm-time", type=int, default=None, metavar="MINUTES", help="slurm: time limit per run (default 60)")
+    ex.add_argument("--slurm-cpus", type=int, default=None, metavar="N", help="slurm: CPUs per run (default 2)")
+    ex.add_argument("--slurm-mem-gb", type=float, default=None, metavar="GB", help="slurm: memory per run")
+    ex.add_argument("--slurm-parallelism", type=int, default=None, metavar="N",
+                    help="slurm: runs of the job array at a time (default: all)")
+    ex.add_argument("--slurm-option", dest="slurm_options", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="slurm: an extra sbatch option, e.g. account=myproj or qos=short (repeatable)")
+    ex.add_argument("--slurm-config", default=None, metavar="YAML",
+                    help="slurm: a YAML mapping of these settings (partition, time, cpus, mem_gb, parallelism, "
+                         "options: {account: ...}); command-line values win")
+    ex.add_argument("--detach", action="store_true",
+                    help="slurm: submit and exit; run the same command again (or with --report-only) for the report")
     return p
 
 
@@ -157,6 +181,11 @@ class GridArgs:
     dry_run: bool = False
     report_only: bool = False
     wait: bool = False
+    gpus_per_run: int | None = None
+    executor: str = "local"
+    start_method: str = "fresh"
+    slurm: dict = field(default_factory=dict)
+    detach: bool = False
     argv: list[str] = field(default_factory=list)
 
     @property
@@ -209,9 +238,66 @@ def parse_args(argv: Sequence[str] | None = None) -> GridArgs:
         if baseline in baselines:
             parser.error(f"--baseline given twice: {baseline}")
         baselines.append(baseline)
+    if ns.gpus_per_run is not None and ns.gpus_per_run < 0:
+        parser.error("--gpus-per-run must be >= 0")
+    start_method = ns.start_method or ("forkserver" if _can_forkserver() else "fresh")
+    if start_method == "forkserver" and not _can_forkserver():
+        parser.error("--start-method forkserver: not available on this platform; use --start-method fresh")
+    slurm = _slurm_settings(ns, parser)
+    if ns.executor == "local" and (slurm or ns.detach):
+        parser.error("--slurm-* and --detach are for --executor slurm (or submitit-local)")
     return GridArgs(
         config=config, regularisers=specs, seeds=list(ns.seeds), overrides=overrides, out=Path(ns.out),
         baselines=baselines, jobs=ns.jobs, threads=ns.threads, timeout=ns.timeout, wandb=ns.wandb,
-        dry_run=ns.dry_run, report_only=ns.report_only, wait=ns.wait,
-        argv=[a for a in argv if a not in ("--report-only", "--wait")],
+        dry_run=ns.dry_run, report_only=ns.report_only, wait=ns.wait, gpus_per_run=ns.gpus_per_run,
+        executor=ns.executor, start_method=start_method, slurm=slurm, detach=ns.detach,
+        argv=[a for a in argv if a not in ("--report-only", "--wait", "--detach")],
     )
+
+
+def _can_forkserver() -> bool:
+    import multiprocessing
+
+    return "forkserver" in multiprocessing.get_all_start_methods()
+
+
+#: --slurm-config keys and the command-line options they stand for
+SLURM_KEYS = {"partition": str, "time": int, "cpus": int, "mem_gb": float, "parallelism": int, "options": dict}
+
+
+def _slurm_settings(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> dict:
+    """The SLURM settings: ``--slurm-config`` (a YAML mapping), then the ``--slurm-*`` options."""
+    settings: dict = {}
+    if ns.slurm_config:
+        path = Path(ns.slurm_config)
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except OSError as err:
+            parser.error(f"--slurm-config {path}: cannot read it ({err.strerror or err})")
+        except yaml.YAMLError as err:
+            parser.error(f"--slurm-config {path}: not valid YAML ({' '.join(str(err).split())})")
+        if not isinstance(loaded, dict):
+            parser.error(f"--slurm-config {path}: expected a mapping of {', '.join(SLURM_KEYS)}")
+        for key, value in loaded.items():
+            kind = SLURM_KEYS.get(str(key))
+            if kind is None:
+                parser.error(f"--slurm-config {path}: unknown key {key!r}; valid: {', '.join(SLURM_KEYS)}")
+            if not isinstance(value, kind) and not (kind is float and isinstance(value, int)):
+                parser.error(f"--slurm-config {path}: {key} must be a {kind.__name__}, got {value!r}")
+            settings[str(key)] = value
+    for key in ("partition", "time", "cpus", "mem_gb", "parallelism"):
+        value = getattr(ns, "slurm_" + key)
+        if value is not None:
+            settings[key] = value
+    for key in ("time", "cpus", "parallelism"):
+        if key in settings and settings[key] < 1:
+            parser.error(f"--slurm-{key.replace('_', '-')} must be >= 1")
+    options = {str(k): v for k, v in (settings.get("options") or {}).items()}
+    for item in ns.slurm_options:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            parser.error(f"--slurm-option {item!r}: expected KEY=VALUE, e.g. account=myproj")
+        options[key.strip().lstrip("-").replace("-", "_")] = value
+    if options:
+        settings["options"] = options
+    return settings
