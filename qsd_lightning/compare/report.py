@@ -17,7 +17,7 @@ import pandas as pd
 from .collect import primary_metric, validation_curves
 from .plan import Run
 from .spec import GridArgs
-from .stats import paired_t_test
+from .stats import POWER, holm, paired_t_test
 
 __all__ = ["markdown_table", "paired_table", "write_report", "metric_slug", "SPARSITY_MEASURES"]
 
@@ -120,17 +120,23 @@ def _paired_section(frame, grid: GridArgs, metric: str, metric_desc: str, baseli
         return [heading, [f"No paired comparison: `{baseline}` has no finished runs in this grid."]]
     smallest = _fmt(2 / 2 ** max(p["test"].n for p in pairs))
     intro = (
-        f"Difference = regulariser − `{baseline}` in {metric_desc} (negative: lower than the baseline). "
-        "t: paired t-test, two-sided; sign-flip: exact two-sided permutation test of the mean difference "
-        f"(with n pairs its smallest possible p is 2 / 2^n, here {smallest})."
+        f"Difference = regulariser − `{baseline}` in {metric_desc} (negative: lower than the baseline), "
+        "with its 95 % confidence interval. t: paired t-test, two-sided; p (Holm): the t-test's p corrected "
+        f"for the {len(pairs)} comparison(s) of this table (Holm); detectable: the smallest true difference "
+        f"this design detects with {POWER:.0%} power at the 5 % level, given the observed sd of the differences "
+        "(a difference not found is one smaller than this, or none); sign-flip: exact two-sided permutation "
+        f"test of the mean difference (with n pairs its smallest possible p is 2 / 2^n, here {smallest})."
     )
+    p_holm = holm([p["test"].p for p in pairs])
     table = pd.DataFrame(
         [
-            [_code(p["regulariser"]), t.n, _fmt(t.mean_diff), _fmt(t.sd_diff), _fmt(t.t, 2), t.df, _fmt(t.p), _fmt(t.p_sign_flip)]
-            for p in pairs
+            [_code(p["regulariser"]), t.n, _fmt(t.mean_diff), f"[{_fmt(t.ci_low)}, {_fmt(t.ci_high)}]", _fmt(t.sd_diff),
+             _fmt(t.detectable), _fmt(t.t, 2), t.df, _fmt(t.p), _fmt(ph), _fmt(t.p_sign_flip)]
+            for p, ph in zip(pairs, p_holm)
             for t in [p["test"]]
         ],
-        columns=["regulariser", "n pairs", "mean diff", "sd diff", "t", "df", "p (t)", "p (sign-flip)"],
+        columns=["regulariser", "n pairs", "mean diff", "95 % CI", "sd diff", "detectable", "t", "df", "p (t)",
+                 "p (Holm)", "p (sign-flip)"],
     )
     return [heading, [intro], markdown_table(table)]
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
 from torchvision.datasets import MNIST
 
 from .base import (
+    ConfigError,
     CorruptDataError,
     DataNotFoundError,
     NonNegativeInt,
@@ -100,10 +102,16 @@ class MNISTDataModule(TensorDataModule):
         download: bool = True,
         seed: int = 0,
         num_workers: NonNegativeInt = 0,
+        train_size: Optional[PositiveInt] = None,
     ) -> None:
+        """``train_size``: train on only this many of the images left after the validation
+        split (the first of the same seeded permutation, so a smaller set is a subset of a larger
+        one; the regime where dropout pays, docs/results.md); None: all of them."""
         super().__init__(data_dir=data_dir, batch_size=batch_size, num_workers=num_workers, seed=seed)
         check_positive("val_size", val_size)
+        check_positive("train_size", train_size, optional=True)
         self.val_size = val_size
+        self.train_size = train_size
         self.download = download
 
     def _missing_message(self, reason: str) -> str:
@@ -160,6 +168,13 @@ class MNISTDataModule(TensorDataModule):
         x_train, y_train = images("train_images").flatten(1), arrays["train_labels"].long()
         x_test, y_test = images("test_images").flatten(1), arrays["test_labels"].long()
         val, train = seeded_split(len(y_train), (self.val_size / len(y_train),), self.seed)
+        if self.train_size is not None:
+            if self.train_size > len(train):
+                raise ConfigError(
+                    f"--data.train_size {self.train_size}: only {len(train)} training images are left after the "
+                    f"validation split of {self.val_size}; give at most {len(train)} (or null for all)"
+                )
+            train = train[: self.train_size]
         return {
             "train": (x_train[train], y_train[train]),
             "val": (x_train[val], y_train[val]),
