@@ -21,6 +21,18 @@ from qsd_lightning.cli import cli_main
 
 from .conftest import CONFIGS
 
+
+@pytest.fixture(autouse=True)
+def _restore_rank_zero():
+    """Building a Trainer for task N sets Lightning's process-wide ``rank_zero_only.rank`` to N;
+    left at 3, later tests in this process would see their loggers as a non-zero rank's."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only as fabric_rank_zero_only
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    saved = (rank_zero_only.rank, fabric_rank_zero_only.rank)
+    yield
+    rank_zero_only.rank, fabric_rank_zero_only.rank = saved
+
 DIGITS = str(CONFIGS / "mlp_digits.yaml")
 NODES, TASKS_PER_NODE = 2, 4  # the recipe: 2 nodes x 4 GPUs, one task per GPU
 JOB_ID = "4123456"
