@@ -23,7 +23,7 @@ from .locks import RUN_LOCK, FolderLock, lock_holder
 from .metrics_csv import sha256 as metrics_csv_sha256
 from .plan import RESULT_FILE, RUNNER_PID_ENV
 
-__all__ = ["run_one", "main_run", "prepare_run_dir", "run_here"]
+__all__ = ["run_one", "main_run", "prepare_run_dir", "run_here", "log_tail"]
 
 
 def _set_pdeathsig() -> None:
@@ -102,6 +102,15 @@ def run_one(run_dir: Path, cli_args: list[str]) -> dict:
         tmp.write_text(json.dumps(result, indent=1))
         tmp.replace(run_dir / RESULT_FILE)
     return result
+
+
+def log_tail(path: Path, lines: int = 6) -> str:
+    """The last ``lines`` of a run's log, indented, for a failure report."""
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "    (no log)"
+    return "\n".join("    " + line for line in text[-lines:])
 
 
 def prepare_run_dir(run_dir: Path, command: str) -> str | None:

@@ -26,18 +26,10 @@ from pathlib import Path
 from ..errors import UserError
 from .collect import inspect_run
 from .plan import RUNNER_PID_ENV, Run, plan, run_cli_args, run_command, run_env
-from .run import prepare_run_dir
+from .run import log_tail as _tail, prepare_run_dir
 from .spec import GridArgs
 
 __all__ = ["run_child", "execute", "run_grid", "GpuSlots", "visible_gpus", "local_jobs"]
-
-
-def _tail(path: Path, lines: int = 6) -> str:
-    try:
-        text = path.read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return "(no log)"
-    return "\n".join("    " + line for line in text[-lines:])
 
 
 _CHILDREN: set = set()  # the runs' processes alive now (Popen or workers.ForkedRun)

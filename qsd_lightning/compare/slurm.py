@@ -25,6 +25,7 @@ from pathlib import Path
 from ..errors import UserError
 from .collect import inspect_run
 from .plan import Run, plan, run_cli_args, run_command
+from .run import log_tail as _tail
 from .spec import GridArgs
 
 __all__ = ["GridJob", "submitit_parameters", "run_grid_submitit", "ACTIVE_STATES"]
@@ -172,14 +173,6 @@ def _scheduler_state(grid: GridArgs, record: dict, cluster: str) -> str:
         return str(job.state).split()[0].upper()
     except Exception as err:  # sacct unreachable: do not submit twice
         return f"UNKNOWN ({err})"
-
-
-def _tail(path: Path, lines: int = 6) -> str:
-    try:
-        text = path.read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return "    (no log)"
-    return "\n".join("    " + line for line in text[-lines:])
 
 
 def _job_problem(run: Run, job) -> str:
