@@ -48,3 +48,27 @@ def test_fit_on_gpu_mixed_precision(arch, precision, tmp_path, monkeypatch):
                     "--trainer.logger=false", "--trainer.deterministic=false"])
     losses = {k: v.item() for k, v in cli.trainer.callback_metrics.items() if "loss" in k}
     assert losses and all(math.isfinite(v) for v in losses.values())
+
+
+def test_qsd_on_cuda_keeps_no_mask_for_backward():
+    """Issue 17: the Triton kernel draws the mask again in backward (Philox is counter-based);
+    autograd keeps only per-unit tensors, and the gradient is the saved-mask one."""
+    from qsd_lightning.regularisers import fast
+    from qsd_lightning.regularisers.functional import draw_quanta
+
+    torch.manual_seed(0)
+    x = torch.randn(256, 1024, device="cuda", requires_grad=True)
+    kept = []
+
+    def pack(t):
+        kept.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = QSD(rate=0.5)(x)
+    assert kept and max(kept) <= 1024
+    draw = draw_quanta((1, 1024), 0.5, 4.0, device="cuda")
+    y, mask = fast.fast_release(x, draw, (256, 1024))
+    g = torch.randn_like(y)
+    y.backward(g)
+    assert torch.equal(x.grad, g * (mask * draw.c).to(g.dtype))

@@ -15,11 +15,13 @@ and in :func:`.backend.describe`.
 
 * ``qsd_fwd``: one pass that draws the mask and scales: for element i with unit j = i mod U,
   K_i < T_j decides release (T_j = ceil(p_j 2^24), as :func:`._layout.thresholds`) and
-  y_i = x_i * (m_i ? c_j : 0) is written with the mask byte m_i. The top byte of K_i comes
-  from a counter-based SplitMix64 stream (8 bytes per 64-bit word), its 16 low bits only on
-  a tie (1/256), from a second stream; seeds come from torch's generator, so results do
-  not depend on the number of threads (OpenMP over chunks of 64Ki elements).
-* ``qsd_scale``: out_i = g_i * (m_i ? c_j : 0): backward, and scaling by a given mask.
+  y_i = x_i * (m_i ? c_j : 0) is written (with the mask byte m_i when asked). The 16 top bits
+  of K_i come from a counter-based SplitMix64 stream (four per 64-bit word), its 8 low bits
+  only on a tie (2^-16), from a second stream; seeds come from torch's generator, so results
+  do not depend on the number of threads (OpenMP over chunks of 64Ki elements). Backward is
+  the same call on the gradient without the mask: the mask is drawn again from the seeds,
+  never kept (:class:`._layout.Release`).
+* ``qsd_scale``: out_i = g_i * (m_i ? c_j : 0): scaling by a mask the caller gives.
 * ``qsd_draw`` / ``qsd_gamma``: the per-unit draws (method.md, eqs. 1-3) with Gamma variates
   from Marsaglia and Tsang's method (normals by Acklam's inverse CDF), ~3x numpy's speed.
 
@@ -47,7 +49,7 @@ import torch
 from torch import Tensor
 
 from ._env import flags, warn_fallback
-from ._layout import Release, suffix_shape, unit_arrays
+from ._layout import Release, unit_arrays
 
 __all__ = ["available", "usable", "usable_release", "scale", "release", "thresholds", "uniform24",
            "failure", "compiler", "source"]
@@ -353,9 +355,10 @@ def _load() -> ctypes.CDLL | None:
                 getattr(lib, f"qsd_fwd_{suf}").restype = cint
                 getattr(lib, f"qsd_scale_{suf}").argtypes = [ptr, ptr, ptr, i64, i64, ptr, i64, cint]
                 getattr(lib, f"qsd_scale_{suf}").restype = None
-            lib.qsd_thresholds.argtypes = [ptr, i64, ptr, ptr]
+            lib.qsd_thresholds.argtypes = [ptr, i64, ptr]
             lib.qsd_thresholds.restype = None
-            lib.qsd_draw.argtypes = [ptr, ptr, i64, ctypes.c_double, ctypes.c_double, ctypes.c_float, ctypes.c_float, u64, u64]
+            lib.qsd_draw.argtypes = [ptr, ptr, i64, ctypes.c_double, ctypes.c_double, ctypes.c_float, ctypes.c_float, u64, u64,
+                                     cint]
             lib.qsd_draw.restype = None
             lib.qsd_gamma.argtypes = [ptr, i64, ctypes.c_double, u64]
             lib.qsd_gamma.restype = None
@@ -409,13 +412,12 @@ def _threads(n: int) -> int:
     return 1 if n < 2 * 65536 else max(1, torch.get_num_threads())
 
 
-def thresholds(p: Tensor) -> tuple[Tensor, Tensor]:
-    """:func:`._layout.thresholds` of a float32 CPU tensor in one C call (what ``qsd_fwd`` does)."""
+def thresholds(p: Tensor) -> Tensor:
+    """:func:`._layout.thresholds` of a CPU tensor in one C call: T = ceil(p 2^24), int32."""
     pf = p.float().contiguous()
-    hi = torch.empty(pf.shape, dtype=torch.uint8)
-    lo = torch.empty(pf.shape, dtype=torch.int32)
-    _load().qsd_thresholds(pf.data_ptr(), pf.numel(), hi.data_ptr(), lo.data_ptr())
-    return hi, lo
+    thr = torch.empty(pf.shape, dtype=torch.int32)
+    _load().qsd_thresholds(pf.data_ptr(), pf.numel(), thr.data_ptr())
+    return thr
 
 
 _MIN_UNITS = 256  # per-unit arrays shorter than this are tiled: long inner loops vectorise
@@ -456,37 +458,38 @@ def scale(x: Tensor, mask: Tensor, c: Tensor) -> Tensor:
     return _scaler(units, x.dtype)(x, mask.contiguous(), cf)
 
 
-def release(x: Tensor, draw, mask_shape, bits) -> tuple[Tensor, Tensor] | None:
-    """Fused sample-and-scale forward of :func:`.fast.fast_release` (same contract); None
-    (nothing drawn) for a layout it does not handle."""
+def release(x: Tensor, draw, mask_shape, bits, want_mask: bool = True) -> tuple[Tensor, Tensor | None] | None:
+    """Fused sample-and-scale forward of :func:`.fast.fast_release` (same contract; the mask
+    is returned only if ``want_mask``); None (nothing drawn) for a layout it does not handle.
+    Keeps c and T per unit for backward, which draws the mask again (``qsd_fwd`` on the
+    gradient, from the same seeds)."""
     shape = tuple(x.shape)
     c = draw.c if draw.c.dtype == x.dtype else draw.c.to(x.dtype)
     arrays = unit_arrays(shape, draw.p, c)
     if arrays is None:  # exotic broadcast: the dispatcher uses the eager backend
         return None
     (pf, cf), units = arrays
-    if pf.dtype != torch.float32:
-        pf = pf.float()
-    ps = 1 if pf.dim() else 0
-    cs = 1 if cf.dim() else 0
-    kunits, (pk, ck) = _tiled(units, pf, cf)
+    thr = thresholds(pf)
     seed, seed2 = bits.seeds(2)
     fwd = getattr(_load(), f"qsd_fwd_{_SUFFIX[x.dtype]}")
 
-    def compute(xd: Tensor) -> tuple[Tensor, Tensor]:
-        xd = xd.contiguous()
-        n = xd.numel()
-        y = torch.empty_like(xd, memory_format=torch.contiguous_format)
-        mask = torch.empty(shape, dtype=torch.bool)
+    def apply(t: Tensor, cf: Tensor, thr: Tensor, want: bool) -> tuple[Tensor, Tensor | None]:
+        kunits, (tk, ck) = _tiled(units, thr, cf)
+        t = t.contiguous()
+        n = t.numel()
+        out = torch.empty_like(t, memory_format=torch.contiguous_format)
+        mask = torch.empty(shape, dtype=torch.bool) if want else None
         status = fwd(
-            xd.data_ptr(), y.data_ptr(), mask.data_ptr(), n, kunits or n,
-            pk.data_ptr(), ps, ck.data_ptr(), cs, seed, seed2, _threads(n),
+            t.data_ptr(), out.data_ptr(), mask.data_ptr() if want else None, n, kunits or n,
+            tk.data_ptr(), int(tk.dim() > 0), ck.data_ptr(), int(ck.dim() > 0), seed, seed2, _threads(n),
         )
         if status:
             raise MemoryError("qsd_fwd: out of memory")
-        return y, mask
+        return out, mask
 
-    return Release.apply(x, cf, compute, _scaler(units, x.dtype), suffix_shape(shape, units if cs else 0))
+    holder: list | None = [] if want_mask else None
+    y = Release.apply(x, cf, thr, apply, holder)
+    return y, (holder[0] if holder else None)
 
 
 def standard_gamma(shape: float, size, seed: int) -> Tensor:
@@ -503,12 +506,13 @@ def draw(size, rate: float, gamma: float, coupled: bool, seeds) -> tuple[Tensor,
     p = torch.empty(tuple(size), dtype=torch.float32)
     c = torch.empty(tuple(size), dtype=torch.float32)
     factor = (gamma + rate) / gamma if coupled else 1.0
-    _load().qsd_draw(p.data_ptr(), c.data_ptr(), p.numel(), gamma * k / rate, gamma, gamma * k, factor, *seeds)
+    _load().qsd_draw(p.data_ptr(), c.data_ptr(), p.numel(), gamma * k / rate, gamma, gamma * k, factor, *seeds,
+                     torch.get_num_threads())
     return p, c
 
 
 def uniform24(seed: int, seed2: int, start: int, n: int) -> Tensor:
-    """The 24-bit uniforms K_i the forward kernel compares with T (for tests)."""
+    """The 24-bit uniforms K_i = top16 2^8 + low8 the forward kernel compares with T (for tests)."""
     lib = _load()
     out = torch.empty(n, dtype=torch.int32)
     lib.qsd_uniform24(seed, seed2, start, n, out.data_ptr())

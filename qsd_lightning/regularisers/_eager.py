@@ -4,11 +4,13 @@ What runs where the compiled kernels do not (no C compiler, ``QSD_CKERNEL=0``, l
 CUDA without Triton), with the same streams (:mod:`._stream`): on CPU a seed gives the same
 masks and draws here as in :mod:`._ckernel`.
 
-* :func:`sample_mask`: m_i = 1[K_i < T_j] (:func:`._layout.thresholds`), the top byte of K_i
-  one random byte per element, its 16 low bits drawn only for the 1/256 of elements whose top
-  byte ties with T's (:func:`decide`).
+* :func:`sample_mask`: m_i = 1[K_i < T_j] (:func:`._layout.thresholds`), the 16 top bits of
+  K_i drawn for every element, its 8 low bits only for the 2^-16 of elements whose top bits
+  tie with T >> 8 (:func:`decide`).
 * :func:`scale`: ``x * (mask * c).to(x.dtype)`` bit for bit, in as few passes as eager torch
   allows.
+* :func:`release`: both, through :class:`._layout.Release`: backward draws the same mask
+  again from the seeds (nothing per element is kept).
 """
 
 from __future__ import annotations
@@ -20,41 +22,43 @@ import torch
 from torch import Tensor
 
 from . import _stream
-from ._layout import dense_inner, thresholds
+from ._layout import Release, dense_inner, thresholds
 
-__all__ = ["sample_mask", "decide", "scale", "draw", "standard_gamma"]
+__all__ = ["sample_mask", "decide", "scale", "release", "draw", "standard_gamma"]
 
 standard_gamma = _stream.standard_gamma
 draw = _stream.draw
 
 
-def decide(p: Tensor, mask_shape: Sequence[int], top: Tensor, low16_at: Callable[[Tensor], Tensor]) -> Tensor:
-    """The mask 1[K < ceil(p 2^24)] of ``mask_shape`` from the top bytes ``top`` of K (uint8,
-    ``mask_shape``, consumed: it becomes the mask) and ``low16_at(flat indices)``, the 16 low
-    bits of K where the top byte ties with the threshold's."""
+def decide(thr: Tensor, mask_shape: Sequence[int], top: Tensor, low8_at: Callable[[Tensor], Tensor]) -> Tensor:
+    """The mask 1[K < T] of ``mask_shape`` (T = ``thr``, int32, broadcastable) from the 16 top
+    bits ``top`` of K (int32, ``mask_shape``) and ``low8_at(flat indices)``, the 8 low bits of K
+    where the top bits tie with ``T >> 8``."""
     mask_shape = tuple(int(s) for s in mask_shape)
-    hi, lo = thresholds(dense_inner(p.to(top.device), mask_shape))
+    thr = dense_inner(thr.to(top.device), mask_shape)
+    hi = thr >> 8
     n = math.prod(mask_shape)
-    ties = _find_ties(top, hi) if n and bool((lo > 0).any()) else None
-    mask = torch.lt(top, hi, out=top.view(torch.bool))  # in place: the random bytes become the mask
+    ties = _find_ties(top, hi) if n else None
+    mask = torch.lt(top, hi)
     if ties is not None and ties.numel():
-        lo_at = lo.expand(mask_shape)[torch.unravel_index(ties, mask_shape)]
-        mask.view(-1)[ties] = low16_at(ties).to(top.device) < lo_at
+        lo_at = thr.expand(mask_shape)[torch.unravel_index(ties, mask_shape)].bitwise_and(0xFF)
+        mask.view(-1)[ties] = low8_at(ties).to(top.device) < lo_at
     return mask
 
 
-def sample_mask(p: Tensor, mask_shape: Sequence[int], seeds: Sequence[int], device: torch.device) -> Tensor:
-    """Boolean release mask of ``mask_shape`` from the streams of ``seeds`` = (seed, seed2):
-    exactly the distribution of the reference ``torch.rand(mask_shape) < p``, and on CPU
-    with an elementwise mask exactly the compiled kernel's mask for the same seeds."""
+def sample_mask(thr: Tensor, mask_shape: Sequence[int], seeds: Sequence[int], device: torch.device) -> Tensor:
+    """Boolean release mask of ``mask_shape`` for the thresholds ``thr`` (T = ceil(p 2^24),
+    :func:`._layout.thresholds`) from the streams of ``seeds`` = (seed, seed2): exactly the
+    distribution of the reference ``torch.rand(mask_shape) < p``, and on CPU with an
+    elementwise mask exactly the compiled kernel's mask for the same seeds."""
     mask_shape = tuple(int(s) for s in mask_shape)
     seed, seed2 = seeds
-    top = _stream.mask_bytes(seed, math.prod(mask_shape), device).view(mask_shape)
-    return decide(p, mask_shape, top, lambda idx: _stream.low16(seed2, idx))
+    top = _stream.top16(seed, math.prod(mask_shape), device).view(mask_shape)
+    return decide(thr, mask_shape, top, lambda idx: _stream.low8(seed2, idx))
 
 
 def _find_ties(a: Tensor, hi: Tensor) -> Tensor:
-    """Flat indices where the random top byte equals the threshold's (probability 1/256)."""
+    """Flat indices where the random top bits equal the threshold's (probability 2^-16)."""
     n = a.numel()
     n8 = (n + 7) // 8 * 8
     tie_buf = torch.empty(n8, dtype=torch.bool, device=a.device)
@@ -97,3 +101,23 @@ def scale(x: Tensor, mask: Tensor, c: Tensor) -> Tensor:
     if full:
         return m.mul_(x)
     return x * m
+
+
+def release(x: Tensor, draw, mask_shape: Sequence[int], seeds: Sequence[int], want_mask: bool = True):
+    """``(y, mask or None)``: y = x * (m * c) with m drawn from ``seeds`` in ``mask_shape``
+    (broadcast to x), autograd-aware; backward draws the same m again (:class:`._layout.Release`).
+    """
+    mask_shape = tuple(int(s) for s in mask_shape)
+    seeds = tuple(seeds)
+    device = x.device
+
+    def apply(t: Tensor, c: Tensor, thr: Tensor, want: bool):
+        mask = sample_mask(thr, mask_shape, seeds, device)
+        out = scale(t, mask, c)
+        return out, (mask if want else None)
+
+    c = draw.c.to(device=device, dtype=x.dtype)
+    thr = thresholds(draw.p.to(device))
+    holder: list | None = [] if want_mask else None
+    y = Release.apply(x, c, thr, apply, holder)
+    return y, (holder[0] if holder else None)

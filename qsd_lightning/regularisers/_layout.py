@@ -6,9 +6,13 @@ nothing else of the fast path.
 * **Release rule** (method.md, eq. 4 at float32 resolution): element i of unit j releases iff
   K_i < T_j, K_i a uniform 24-bit integer and T_j = ceil(p_j 2^24) (:func:`thresholds`);
   torch's CPU float32 ``rand`` is K / 2^24, so this is exactly the reference's ``u < p``.
-  Backends draw the top byte of K first and its 16 low bits only on a tie with T's top byte.
-* **Scaling**: y = x * (m ? c_j : 0), bit for bit the reference's ``x * (m * c).to(x.dtype)``;
-  :class:`Release` keeps only the boolean mask and the per-unit c for backward.
+  Backends draw the 16 top bits of K first (``top16 < T >> 8`` decides) and its 8 low bits
+  only on a tie (``top16 == T >> 8``, probability 2^-16): then ``low8 < T & 255``.
+* **Scaling**: y = x * (m ? c_j : 0), bit for bit the reference's ``x * (m * c).to(x.dtype)``.
+  :class:`Release` keeps no mask for backward: only the per-unit c and T (and, in the
+  closure, the step's two 64-bit seeds), and draws the same mask again in backward (the
+  streams are counter-based: a pure function of seed and element index). :class:`MaskedScale`
+  (a mask given by the caller) keeps that mask.
 * **Layouts**: the kernels index unit j = i mod U of a contiguous tensor (:func:`unit_arrays`).
 """
 
@@ -19,23 +23,21 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["thresholds", "dense_inner", "unit_arrays", "suffix_shape", "reference_scale", "Release"]
+__all__ = ["thresholds", "dense_inner", "unit_arrays", "reference_scale", "Release", "MaskedScale"]
 
 TWO24 = float(1 << 24)
 
 
-def thresholds(p: Tensor) -> tuple[Tensor, Tensor]:
-    """Split T = ceil(p 2^24) into ``hi`` (uint8) and ``lo`` (int32): T = hi 2^16 + lo.
+def thresholds(p: Tensor) -> Tensor:
+    """T = ceil(p 2^24) as int32 in [0, 2^24], the shape of ``p``.
 
     The reference releases iff K < T for a uniform 24-bit K (``torch.rand`` in float32 is
-    K / 2^24; p * 2^24 and its ceiling are exact in float32). ``hi`` is capped at 255 (p = 1
-    gives hi = 255, lo = 2^16: every tie releases), so ``lo`` is in [0, 2^16]. NaN p (0/0 from
-    underflowing Gamma draws) never releases, as ``u < nan`` is False in the reference.
+    K / 2^24; p * 2^24 and its ceiling are exact in float32). The backends compare the top 16
+    bits of K with ``T >> 8`` (2^16 for p = 1: always below) and, on a tie, its 8 low bits with
+    ``T & 255``. NaN p (0/0 from underflowing Gamma draws) never releases, as ``u < nan`` is
+    False in the reference.
     """
-    t = torch.nan_to_num(p.float(), nan=0.0).clamp(0.0, 1.0).mul_(TWO24).ceil_().to(torch.int32)
-    hi = torch.clamp(t >> 16, max=255)
-    lo = t - (hi << 16)
-    return hi.to(torch.uint8), lo
+    return torch.nan_to_num(p.float(), nan=0.0).clamp(0.0, 1.0).mul_(TWO24).ceil_().to(torch.int32)
 
 
 def dense_inner(t: Tensor, shape: Sequence[int]) -> Tensor:
@@ -92,45 +94,61 @@ def unit_arrays(shape: tuple[int, ...], *tensors: Tensor) -> tuple[list[Tensor],
     return [flat for flat, _ in found], (units.pop() if units else 0)
 
 
-def suffix_shape(shape: tuple[int, ...], units: int) -> tuple[int, ...]:
-    """The trailing dims of ``shape`` holding ``units`` elements (the shape of a flat per-unit
-    array as a broadcastable tensor); () for a scalar."""
-    if not units:
-        return ()
-    n = 1
-    for d in range(len(shape) - 1, -1, -1):
-        n *= shape[d]
-        if n == units:
-            return tuple(shape[d:])
-    raise ValueError(f"{units} units do not fill trailing dims of {shape}")
-
-
 def reference_scale(x: Tensor, mask: Tensor, c: Tensor) -> Tensor:
     """The reference's product ``x * (mask * c).to(x.dtype)`` (autograd-traced)."""
     return x * (mask * c).to(x.dtype)
 
 
 class Release(torch.autograd.Function):
-    """y = x * (m * c) where ``compute(x)`` returns ``(y, m)`` (drawing m, or given it).
+    """y = x * (m * c), the mask m drawn by ``apply`` from fixed seeds, kept nowhere.
 
-    Saves only the boolean mask m (1 byte per mask element) and ``c`` in x's dtype (one value
-    per unit), never a float per element; backward is ``scaler(grad, m, c)`` =
-    ``grad * (m * c)``, exactly what the reference's autograd computes (``MulBackward``:
-    grad times the multiplier). Twice differentiable: under ``create_graph`` the backward is
-    the reference product itself (``c`` viewed as ``c_shape`` to broadcast).
+    ``apply(t, c, thr, want_mask) -> (t * (m * c), m or None)`` computes the product with the
+    mask of this step (a pure function of the seeds it closes over, ``thr`` = T per unit and
+    the element index: nothing global is read or advanced, so it gives the same mask on any
+    thread and any number of times, under ``torch.utils.checkpoint`` or a second backward).
+    Saved for backward: ``c`` (in x's dtype) and ``thr`` (int32), one value per unit, through
+    ``save_for_backward`` (so ``saved_tensors_hooks`` see all of it); no byte per element.
+    Backward is ``apply(grad)``: grad times the same multiplier, exactly what the reference's
+    autograd computes (``MulBackward``). The op is linear with a fixed multiplier, so under
+    ``create_graph`` backward is this function again (twice differentiable, and so on).
+    ``holder``: a list that receives the mask of the forward (None: the mask is not written).
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, c: Tensor, compute, scaler, c_shape):
-        y, mask = compute(x.detach())
-        ctx.mark_non_differentiable(mask)
-        ctx.save_for_backward(mask, c)
-        ctx.scaler, ctx.c_shape = scaler, c_shape
-        return y, mask
+    def forward(ctx, x: Tensor, c: Tensor, thr: Tensor, apply, holder):
+        y, mask = apply(x.detach(), c, thr, holder is not None)
+        if holder is not None:
+            holder.append(mask)
+        ctx.save_for_backward(c, thr)
+        ctx.apply_ = apply
+        return y
 
     @staticmethod
-    def backward(ctx, grad: Tensor, _grad_mask: Optional[Tensor]):
-        mask, c = ctx.saved_tensors
+    def backward(ctx, grad: Tensor):
+        c, thr = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: keep the backward differentiable
+            return Release.apply(grad, c, thr, ctx.apply_, None), None, None, None, None
+        return ctx.apply_(grad, c, thr, False)[0], None, None, None, None
+
+
+class MaskedScale(torch.autograd.Function):
+    """y = x * (m * c) for a mask ``m`` the caller gives (:func:`.fast.masked_scale`).
+
+    Saves the boolean mask (1 byte per mask element) and ``c`` in x's dtype (one value per
+    unit); backward is ``scaler(grad, m, c)`` = ``grad * (m * c)``. Twice differentiable:
+    under ``create_graph`` the backward is the reference product itself (``c`` viewed as
+    ``c_shape`` to broadcast).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, c: Tensor, mask: Tensor, scaler, c_shape):
+        ctx.save_for_backward(mask, c)
+        ctx.scaler, ctx.c_shape = scaler, c_shape
+        return scaler(x.detach(), mask, c)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        mask, c = ctx.saved_tensors
+        if torch.is_grad_enabled():
             return reference_scale(grad, mask, c.view(ctx.c_shape)), None, None, None, None
         return ctx.scaler(grad, mask, c), None, None, None, None

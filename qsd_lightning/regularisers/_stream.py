@@ -7,7 +7,8 @@ and draws with the compiled kernel (:mod:`._ckernel`) or without it (:mod:`._eag
 
 * :func:`words`: the counter-based SplitMix64 stream ``mix64(seed + i * GOLDEN)`` (uint64
   arithmetic on int64 tensors: multiplication wraps, right shifts are masked to be logical).
-* :func:`mask_bytes` / :func:`low16`: the release decisions' top bytes and tie bits.
+* :func:`top16` / :func:`low8`: the 16 top bits of the release decisions' 24-bit uniforms, and
+  their 8 low bits (drawn only on a tie of the top bits with the threshold's).
 * :func:`standard_gamma`: the kernel's Marsaglia-Tsang Gamma sampler, the same candidates in
   the same order; the few candidates that need ``log`` (normal tails, squeeze failures, the
   boost for shapes < 1) are finished with Python's ``math`` (the C library's ``log``/``exp``,
@@ -28,9 +29,9 @@ try:  # numpy: the permutation of the ``independent`` mode (degrade to torch wit
 except ImportError:  # pragma: no cover
     _np = None
 
-__all__ = ["RandomBits", "torch_words", "words", "mask_bytes", "low16", "standard_gamma", "STREAM"]
+__all__ = ["RandomBits", "torch_words", "words", "top16", "low8", "standard_gamma", "STREAM"]
 
-STREAM = "splitmix64-v1"  # names the streams below (recorded by backend.describe())
+STREAM = "splitmix64-v2"  # names the streams below (recorded by backend.describe()); v1: top bytes, issue 14
 
 M64 = (1 << 64) - 1
 
@@ -68,15 +69,16 @@ def words(seed: int, start: int, n: int, device: torch.device | str | None = Non
     return mix64_(z)
 
 
-def mask_bytes(seed: int, n: int, device: torch.device | str | None = None) -> Tensor:
-    """The top bytes of K_0..K_{n-1}: byte i mod 8 (memory order) of word i // 8 (uint8)."""
-    return words(seed, 0, (n + 7) // 8, device).view(torch.uint8)[:n]
+def top16(seed: int, n: int, device: torch.device | str | None = None) -> Tensor:
+    """The 16 top bits of K_0..K_{n-1} (int32 in [0, 2^16)): 16-bit word i mod 4 (memory
+    order) of word i // 4."""
+    return words(seed, 0, (n + 3) // 4, device).view(torch.int16)[:n].to(torch.int32).bitwise_and_(0xFFFF)
 
 
-def low16(seed2: int, index: Tensor) -> Tensor:
-    """The 16 low bits of K_i for the flat indices ``index`` (int32): mix64(seed2 + i GOLDEN)."""
+def low8(seed2: int, index: Tensor) -> Tensor:
+    """The 8 low bits of K_i for the flat indices ``index``: mix64(seed2 + i GOLDEN) & 255 (int32)."""
     z = index.to(torch.int64).mul(GOLDEN).add_(_s64(seed2))
-    return mix64_(z).bitwise_and_(0xFFFF).to(torch.int32)
+    return mix64_(z).bitwise_and_(0xFF).to(torch.int32)
 
 
 def torch_words(n: int, device: torch.device | None = None) -> Tensor:

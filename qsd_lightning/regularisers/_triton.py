@@ -5,8 +5,10 @@ costs seconds); set ``QSD_TRITON=0`` to use the eager torch backend instead. Whe
 enabled but cannot be imported, one :class:`._env.BackendWarning` says so. The forward draws a Philox uniform per
 element (``tl.randint``, keyed by a seed drawn from torch's CPU generator, so no device sync),
 keeps its top 24 bits K and releases iff K < ceil(p 2^24) (the CPU reference's resolution,
-see :func:`._layout.thresholds`), writing y = x * (m ? c : 0) and the mask byte in one pass.
-Backward is one pass too: grad * (m ? c : 0).
+see :func:`._layout.thresholds`), writing y = x * (m ? c : 0) (and the mask byte when asked)
+in one pass. Philox is counter-based, so backward is the same kernel on the gradient with the
+same seed, the mask drawn again: nothing per element is kept (:class:`._layout.Release`; the
+per-unit p and c are). :func:`scale` multiplies by a mask the caller gives.
 
 The products are computed in float32 (float64 for float64 inputs) and rounded once to the
 input dtype: for fp16/bf16 operands the float32 product is exact, so this equals torch's
@@ -21,7 +23,7 @@ import torch
 from torch import Tensor
 
 from ._env import flags, warn_fallback
-from ._layout import Release, suffix_shape, unit_arrays
+from ._layout import Release, unit_arrays
 
 __all__ = ["available", "usable", "release", "scale", "failure"]
 
@@ -50,7 +52,8 @@ def _build():
 
     @triton.jit
     def fwd_kernel(x_ptr, y_ptr, m_ptr, p_ptr, c_ptr, n, units, seed,
-                   PS: tl.constexpr, CS: tl.constexpr, F64: tl.constexpr, BLOCK: tl.constexpr):
+                   PS: tl.constexpr, CS: tl.constexpr, F64: tl.constexpr, STORE: tl.constexpr,
+                   BLOCK: tl.constexpr):
         pid = tl.program_id(0).to(tl.int64)
         offs = pid * BLOCK + tl.arange(0, BLOCK)
         valid = offs < n
@@ -78,7 +81,8 @@ def _build():
         else:
             y = x.to(tl.float32) * tl.where(keep, c.to(tl.float32), 0.0)
         tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=valid)
-        tl.store(m_ptr + offs, keep.to(tl.uint8), mask=valid)
+        if STORE:
+            tl.store(m_ptr + offs, keep.to(tl.uint8), mask=valid)
 
     @triton.jit
     def scale_kernel(g_ptr, m_ptr, o_ptr, c_ptr, n, units,
@@ -157,9 +161,10 @@ def scale(x: Tensor, mask: Tensor, c: Tensor) -> Tensor:
     return _scaler(units)(x, mask.contiguous(), cf)
 
 
-def release(x: Tensor, draw, mask_shape, bits) -> tuple[Tensor, Tensor] | None:
-    """Fused sample-and-scale forward of :func:`.fast.fast_release` (same contract); None
-    (nothing drawn) for a layout it does not handle."""
+def release(x: Tensor, draw, mask_shape, bits, want_mask: bool = True) -> tuple[Tensor, Tensor | None] | None:
+    """Fused sample-and-scale forward of :func:`.fast.fast_release` (same contract; the mask
+    only if ``want_mask``); None (nothing drawn) for a layout it does not handle. Backward
+    runs the same kernel on the gradient (same seed: the same mask, drawn again)."""
     shape = tuple(x.shape)
     c = draw.c.to(device=x.device, dtype=x.dtype)
     arrays = unit_arrays(shape, draw.p.to(x.device), c)
@@ -171,15 +176,17 @@ def release(x: Tensor, draw, mask_shape, bits) -> tuple[Tensor, Tensor] | None:
     seed &= 0x7FFFFFFFFFFFFFFF
     _, fwd_kernel, _ = _build()
 
-    def compute(xd: Tensor) -> tuple[Tensor, Tensor]:
-        xd = xd.contiguous()
-        n = xd.numel()
-        y = torch.empty_like(xd, memory_format=torch.contiguous_format)
-        mask = torch.empty(shape, dtype=torch.bool, device=xd.device)
+    def apply(t: Tensor, cf: Tensor, pf: Tensor, want: bool) -> tuple[Tensor, Tensor | None]:
+        t = t.contiguous()
+        n = t.numel()
+        out = torch.empty_like(t, memory_format=torch.contiguous_format)
+        mask = torch.empty(shape, dtype=torch.bool, device=t.device) if want else None
         fwd_kernel[_grid(n)](
-            xd, y, mask.view(torch.uint8), pf, cf, n, units or 1, seed,
-            PS=pf.dim() > 0, CS=cf.dim() > 0, F64=xd.dtype == torch.float64, BLOCK=_BLOCK,
+            t, out, mask.view(torch.uint8) if want else out, pf, cf, n, units or 1, seed,
+            PS=pf.dim() > 0, CS=cf.dim() > 0, F64=t.dtype == torch.float64, STORE=want, BLOCK=_BLOCK,
         )
-        return y, mask
+        return out, mask
 
-    return Release.apply(x, cf, compute, _scaler(units), suffix_shape(shape, units if cf.dim() else 0))
+    holder: list | None = [] if want_mask else None
+    y = Release.apply(x, cf, pf, apply, holder)
+    return y, (holder[0] if holder else None)

@@ -3,12 +3,15 @@
 The reference path (:func:`.functional.draw_quanta` + :func:`.functional.release`) is simple
 and autograd-traced: it draws a float32 uniform per element (slow on CPU) and autograd keeps
 the float multiplier ``m * c`` (4 bytes per element) for backward. The fast path computes the
-same thing faster and with less memory; the modules (:class:`.QSD`, :class:`.Dropout` on CPU)
-use it by default. Layout, one direction only:
+same thing faster and keeps no mask at all (issue 17): for backward only the per-unit scale c
+and threshold T (two values per unit) and the step's two 64-bit seeds; backward draws the same
+mask again from the counter-based streams. The modules (:class:`.QSD`, :class:`.Dropout` on
+CPU) use it by default. Layout, one direction only:
 
 * :mod:`._env`: the switches ``QSD_FAST`` / ``QSD_CKERNEL`` / ``QSD_TRITON``, read once.
 * :mod:`._layout`: the release rule (K < ceil(p 2^24), :func:`thresholds`), per-unit layouts,
-  the autograd function that keeps only the boolean mask and the per-unit c for backward.
+  the autograd functions (:class:`._layout.Release`: the mask drawn again in backward;
+  :class:`._layout.MaskedScale`: a given mask, kept).
 * :mod:`._stream`: the random streams (counter-based SplitMix64, Marsaglia-Tsang Gammas),
   seeded from torch's generator, in torch ops.
 * backends: :mod:`._eager` (torch ops, any device and layout), :mod:`._ckernel` (C, CPU,
@@ -17,9 +20,9 @@ use it by default. Layout, one direction only:
 
 **Exact cheap randomness**: torch's float32 ``rand`` on CPU is ``u = K / 2^24`` with K uniform
 on 24 bits, so the reference releases with probability exactly ``ceil(p 2^24) / 2^24``. The
-backends draw the top 8 bits of K (one random byte per element) and only on a tie with the
-threshold's top byte (probability 1/256) its 16 low bits: the decision ``K < T``, hence the
-distribution, is exactly the reference's, with no quantisation bias.
+backends draw the top 16 bits of K (two random bytes per element) and only on a tie with
+``T >> 8`` (probability 2^-16) its 8 low bits: the decision ``K < T``, hence the distribution,
+is exactly the reference's, with no quantisation bias.
 
 **One stream on CPU**: the compiled kernel and the eager backend draw the same bits from the
 same seeds, so a seed gives the same masks and Gamma draws with or without a C compiler.
@@ -37,7 +40,7 @@ from torch import Tensor
 
 from . import _ckernel, _eager, _triton
 from ._env import flags
-from ._layout import Release, dense_inner, thresholds, unit_arrays
+from ._layout import MaskedScale, dense_inner, thresholds, unit_arrays
 from ._stream import RandomBits
 from .functional import MODES, QuantalDraw, draw_quanta
 
@@ -97,12 +100,12 @@ def sample_mask(
     """Boolean release mask of ``mask_shape``: m = 1[K < ceil(p 2^24)], K uniform on 24 bits.
 
     Exactly the distribution of the reference ``torch.rand(mask_shape) < p`` (see
-    :func:`thresholds`), at the cost of one random byte per element plus 16 bits for the
-    1/256 of elements whose top byte ties with the threshold's.
+    :func:`thresholds`), at the cost of two random bytes per element plus 8 bits for the
+    2^-16 of elements whose top 16 bits tie with the threshold's.
     """
     device = p.device if device is None else torch.device(device)
     bits = bits or RandomBits(device)
-    return _eager.sample_mask(p, mask_shape, bits.seeds(2), device)
+    return _eager.sample_mask(thresholds(p), mask_shape, bits.seeds(2), device)
 
 
 def _scale(x: Tensor, mask: Tensor, c: Tensor) -> Tensor:
@@ -115,32 +118,32 @@ def _scale(x: Tensor, mask: Tensor, c: Tensor) -> Tensor:
 
 
 def masked_scale(x: Tensor, mask: Tensor, c: Tensor) -> Tensor:
-    """Autograd-aware ``x * (mask * c).to(x.dtype)``, bit for bit, keeping only the mask
-    (1 byte per element) and the per-unit ``c`` for backward.
+    """Autograd-aware ``x * (mask * c).to(x.dtype)``, bit for bit, for a given mask, keeping
+    only that mask (1 byte per element) and the per-unit ``c`` for backward.
 
     ``mask`` is boolean, broadcastable to ``x``; ``c`` is a 0-d or per-unit scale.
     """
     c = c.to(device=x.device, dtype=x.dtype)
-    return Release.apply(x, c, lambda xd: (_scale(xd, mask, c), mask), _scale, tuple(c.shape))[0]
+    return MaskedScale.apply(x, c, mask, _scale, tuple(c.shape))
 
 
 def fast_release(x: Tensor, draw: QuantalDraw, mask_shape: Sequence[int]) -> tuple[Tensor, Tensor]:
     """Drop-in for :func:`.functional.release` (same signature, same distribution, output
     and gradient): returns ``(y, mask)`` with ``y = x * m * c``, ``m`` drawn in ``mask_shape``.
+    Backward draws ``m`` again; the mask returned is not kept by autograd.
     """
-    return _release(x, draw, tuple(int(s) for s in mask_shape), RandomBits(x.device))
+    return _release(x, draw, tuple(int(s) for s in mask_shape), RandomBits(x.device), True)
 
 
-def _release(x: Tensor, draw: QuantalDraw, mask_shape: tuple[int, ...], bits: RandomBits):
+def _release(x: Tensor, draw: QuantalDraw, mask_shape: tuple[int, ...], bits: RandomBits, want_mask: bool):
     out = None
     if x.is_cuda and _triton.usable(x, draw, mask_shape):
-        out = _triton.release(x, draw, mask_shape, bits)
+        out = _triton.release(x, draw, mask_shape, bits, want_mask)
     elif _ckernel.usable_release(x, draw, mask_shape):
-        out = _ckernel.release(x, draw, mask_shape, bits)
+        out = _ckernel.release(x, draw, mask_shape, bits, want_mask)
     if out is not None:
         return out
-    mask = sample_mask(draw.p, mask_shape, bits, device=x.device)
-    return masked_scale(x, mask, draw.c), mask
+    return _eager.release(x, draw, mask_shape, bits.seeds(2), want_mask)
 
 
 def quantal_release(
@@ -150,12 +153,15 @@ def quantal_release(
     mode: str,
     unit_shape: Sequence[int],
     mask_shape: Sequence[int],
-) -> tuple[Tensor, QuantalDraw, Tensor]:
+    need_mask: bool = True,
+) -> tuple[Tensor, QuantalDraw, Tensor | None]:
     """Draw the quanta (eqs. 1-3) and release them (eq. 4) in one go: ``(y, draw, mask)``.
 
     What the modules call; one generator (seeded once from torch's) serves the whole step.
+    ``need_mask=False`` skips writing the mask (None is returned; a module needs it only to
+    collect statistics): one byte per element less to write in the forward.
     """
     bits = RandomBits(x.device)
     draw = draw_quanta_fast(unit_shape, rate, gamma, mode, device=x.device, bits=bits)
-    y, mask = _release(x, draw, tuple(int(s) for s in mask_shape), bits)
+    y, mask = _release(x, draw, tuple(int(s) for s in mask_shape), bits, need_mask)
     return y, draw, mask

@@ -8,7 +8,7 @@
 
 #define GOLDEN 0x9e3779b97f4a7c15ULL
 #define CHUNK 65536   /* elements per parallel task (a multiple of 8) */
-#define BLOCK 2048    /* random bytes generated at a time (a multiple of 8) */
+#define BLOCK 2048    /* elements drawn at a time (a multiple of 64) */
 
 static inline uint64_t mix64(uint64_t z) {  /* SplitMix64 output function */
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
@@ -16,29 +16,30 @@ static inline uint64_t mix64(uint64_t z) {  /* SplitMix64 output function */
     return z ^ (z >> 31);
 }
 
-/* top byte of K_i: byte (i mod 8), in memory order, of the word mix64(seed + (i / 8) GOLDEN),
-   for i0 (a multiple of 8) on */
-static inline void fill_bytes(uint8_t *rb, uint64_t seed, int64_t i0, int64_t len) {
-    uint64_t base = (uint64_t)(i0 >> 3);
-    int64_t nw = (len + 7) >> 3;
+/* K_i, the 24-bit uniform of element i (release iff K_i < T_j = ceil(p_j 2^24)), is
+   top16(i) 2^8 + low8(i): its 16 top bits are 16-bit word (i mod 4), in memory order, of
+   mix64(seed + (i / 4) GOLDEN); its 8 low bits, drawn only on a tie of the top bits with the
+   threshold's (probability 2^-16), are the low byte of mix64(seed2 + i GOLDEN). */
+static inline void fill_top16(uint16_t *rb, uint64_t seed, int64_t i0, int64_t len) {  /* i0: a multiple of 4 */
+    uint64_t base = (uint64_t)(i0 >> 2);
+    int64_t nw = (len + 3) >> 2;
     for (int64_t k = 0; k < nw; ++k) {
         uint64_t w = mix64(seed + (base + (uint64_t)k) * GOLDEN);
-        memcpy(rb + 8 * k, &w, 8);
+        memcpy(rb + 4 * k, &w, 8);
     }
 }
 
-static inline uint32_t low16(uint64_t seed2, int64_t i) {
-    return (uint32_t)(mix64(seed2 + (uint64_t)i * GOLDEN) & 0xFFFFu);
+static inline uint32_t low8(uint64_t seed2, int64_t i) {
+    return (uint32_t)(mix64(seed2 + (uint64_t)i * GOLDEN) & 0xFFu);
 }
 
 void qsd_uniform24(uint64_t seed, uint64_t seed2, int64_t start, int64_t n, int32_t *out) {
     for (int64_t t = 0; t < n; ++t) {
         int64_t i = start + t;
-        uint64_t w = mix64(seed + (uint64_t)(i >> 3) * GOLDEN);
-        uint8_t bytes[8];
-        memcpy(bytes, &w, 8);
-        uint32_t top = bytes[i & 7];
-        out[t] = (int32_t)((top << 16) | low16(seed2, i));
+        uint64_t w = mix64(seed + (uint64_t)(i >> 2) * GOLDEN);
+        uint16_t top[4];
+        memcpy(top, &w, 8);
+        out[t] = (int32_t)(((uint32_t)top[i & 3] << 8) | low8(seed2, i));
     }
 }
 
@@ -48,19 +49,16 @@ void qsd_uniform24(uint64_t seed, uint64_t seed2, int64_t start, int64_t n, int3
 #define FIRST_BYTE(w) __builtin_ctzll(w)
 #endif
 
-/* T = ceil(p 2^24) split as hi = min(T >> 16, 255), lo = T - hi 2^16 (as fast.thresholds) */
-void qsd_thresholds(const float *p, int64_t n, uint8_t *hi, int32_t *lo) {
+/* T = ceil(p 2^24) (as _layout.thresholds): release iff K < T, i.e. top16 < T >> 8, or on a
+   tie top16 == T >> 8, low8 < T & 255 (T = 2^24, p = 1: T >> 8 = 2^16, every element) */
+void qsd_thresholds(const float *p, int64_t n, int32_t *thr) {
     for (int64_t i = 0; i < n; ++i) {  /* branch-free: vectorises */
         float v = p[i];
         v = v > 0.0f ? v : 0.0f;  /* NaN and p <= 0: never released */
         v = v < 1.0f ? v : 1.0f;
         float f = v * 16777216.0f;  /* exact */
         int32_t t = (int32_t)f;
-        t += (float)t < f;          /* ceil */
-        int32_t h = t >> 16;
-        h = h < 255 ? h : 255;
-        hi[i] = (uint8_t)h;
-        lo[i] = t - (h << 16);
+        thr[i] = t + ((float)t < f);  /* ceil */
     }
 }
 
@@ -158,9 +156,15 @@ void qsd_gamma(float *out, int64_t n, double a, uint64_t seed) {
 /* The per-unit draws of one step (method.md, eqs. 1-3) in float32, as functional.draw_quanta:
    x = Gamma(ax) / gk, y = Gamma(ay) / gk, p = x / (x + y), c = y * cfac. */
 void qsd_draw(float *p, float *c, int64_t n, double ax, double ay, float gk, float cfac,
-              uint64_t seed_x, uint64_t seed_y) {
-    qsd_gamma(p, n, ax, seed_x);
-    qsd_gamma(c, n, ay, seed_y);
+              uint64_t seed_x, uint64_t seed_y, int nthreads) {
+    /* two independent sequential streams: one thread each when two are allowed */
+    _Pragma("omp parallel sections num_threads(2) if(nthreads > 1 && n >= 2048)")
+    {
+        _Pragma("omp section")
+        qsd_gamma(p, n, ax, seed_x);
+        _Pragma("omp section")
+        qsd_gamma(c, n, ay, seed_y);
+    }
     for (int64_t i = 0; i < n; ++i) {
         float x = p[i] / gk, y = c[i] / gk;
         p[i] = x / (x + y);
@@ -170,80 +174,106 @@ void qsd_draw(float *p, float *c, int64_t n, double ax, double ay, float gk, flo
 
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
+#ifndef QSD_VARIANT
+#define QSD_VARIANT 0  /* benchmark variants only (scripts/benchmark.py --kernel-parts): 0 = the kernel */
+#endif
+
+/* One pass that draws (or, in backward, redraws) the mask and scales: out = in * (m ? c : 0).
+   The mask is a function of (seed, seed2, T, element index) only, so backward regenerates it
+   from the same seeds instead of keeping it; with STORE it is written out as well. */
 #define DEFINE_KERNELS(T, SUF)                                                                 \
-static inline void fwd_seg_##SUF(const T *x, T *y, uint8_t *mk, const uint8_t *rb,           \
-                                 uint8_t *tb, const uint8_t *hi, const T *c, int64_t len,      \
-                                 const int64_t PS, const int64_t CS) {                         \
+static inline int fwd_seg_##SUF(const T *x, T *y, uint8_t *mk, const uint16_t *rb,           \
+                                const uint16_t *hi, const T *c, int64_t len,                   \
+                                const int64_t PS, const int64_t CS, const int STORE) {         \
+    uint16_t tie = 0;                                                                          \
     for (int64_t t = 0; t < len; ++t) {                                                        \
-        uint8_t h = hi[t * PS], a = rb[t];                                                     \
+        uint16_t h = hi[t * PS], a = rb[t];                                                    \
         T cv = c[t * CS];  /* unconditional loads: the select vectorises */                    \
-        uint8_t m = a < h;                                                                     \
-        tb[t] = (uint8_t)(a == h);                                                             \
+        uint16_t m = a < h;                                                                    \
+        tie |= a == h;                                                                         \
         y[t] = x[t] * (m ? cv : (T)0);                                                         \
-        mk[t] = m;                                                                             \
+        if (STORE) mk[t] = (uint8_t)m;                                                         \
     }                                                                                          \
+    return (int)tie;                                                                           \
 }                                                                                              \
                                                                                                \
-/* ties (tb[t] = 1, probability 1/256): release iff the 16 low bits < lo; scan 8 flags a word */ \
-static void fix_ties_##SUF(const T *x, T *y, uint8_t *mk, const uint8_t *tb,                  \
-                           const int32_t *lo, const T *c, int64_t len,                         \
-                           int64_t PS, int64_t CS, uint64_t seed2, int64_t i0) {               \
-    for (int64_t k0 = 0; k0 < len; k0 += 32) {                                                 \
-        uint64_t v[4]; memcpy(v, tb + k0, 32);  /* skip 32 flags at a time: ~88% are all 0 */ \
-        if (!(v[0] | v[1] | v[2] | v[3])) continue;                                            \
-        for (int q = 0; q < 4; ++q) {                                                          \
-            uint64_t w = v[q];                                                                 \
-            int64_t k = k0 + 8 * q;                                                            \
-            while (w) {  /* flags are 0/1 bytes: visit the set ones (memory order) */          \
-                int64_t t = k + (FIRST_BYTE(w) >> 3);                                          \
-                w &= w - 1;                                                                    \
-                if (t >= len) break;                                                           \
-                uint8_t m = (int64_t)low16(seed2, i0 + t) < (int64_t)lo[t * PS];               \
-                mk[t] = m;                                                                     \
-                y[t] = x[t] * (m ? c[t * CS] : (T)0);                                          \
-            }                                                                                  \
+/* a block with a tie (top16 == T >> 8, probability 2^-16 per element, so ~3% of blocks):   \
+   release those iff low8 < T & 255. Flags the ties in a vectorised pass, then visits them;    \
+   element i0 + t is of unit (j0 + t) mod U. */                                               \
+static void fix_ties_##SUF(const T *x, T *y, uint8_t *mk, const uint16_t *rb,                 \
+                           const uint16_t *hi, const int32_t *thr, const T *c, int64_t len,    \
+                           int64_t U, int64_t j0, int64_t PS, int64_t CS, uint64_t seed2,      \
+                           int64_t i0) {                                                       \
+    uint8_t tb[BLOCK + 8];                                                                     \
+    for (int64_t t = 0, j = j0; t < len; j = 0) {                                              \
+        int64_t seg = min64(len - t, U - j);                                                   \
+        const uint16_t *h = hi + j * PS;                                                       \
+        if (PS) for (int64_t k = 0; k < seg; ++k) tb[t + k] = rb[t + k] == h[k];               \
+        else for (int64_t k = 0; k < seg; ++k) tb[t + k] = rb[t + k] == h[0];                  \
+        t += seg;                                                                              \
+    }                                                                                          \
+    memset(tb + len, 0, 8);                                                                    \
+    for (int64_t k0 = 0; k0 < len; k0 += 8) {                                                  \
+        uint64_t w;                                                                            \
+        memcpy(&w, tb + k0, 8);                                                                \
+        while (w) {  /* flags are 0/1 bytes: visit the set ones (memory order) */              \
+            int64_t t = k0 + (FIRST_BYTE(w) >> 3), j = (j0 + t) % U;                           \
+            w &= w - 1;                                                                        \
+            int32_t lo = thr[j * PS] - ((int32_t)hi[j * PS] << 8);  /* in [0, 256] */          \
+            uint8_t m = (int32_t)low8(seed2, i0 + t) < lo;                                     \
+            if (mk) mk[t] = m;                                                                 \
+            y[t] = x[t] * (m ? c[j * CS] : (T)0);                                              \
         }                                                                                      \
     }                                                                                          \
 }                                                                                              \
                                                                                                \
+/* x -> y = x * (m ? c : 0), the mask m drawn from (seed, seed2) and written to mk unless it   \
+   is NULL: the forward (mk NULL when nobody reads the mask) and the backward (x the output's  \
+   gradient, mk NULL: the same mask, drawn again). thr: T per unit (ps = 1) or one (ps = 0). */ \
 int qsd_fwd_##SUF(const T *x, T *y, uint8_t *mk, int64_t n, int64_t U,                        \
-                  const float *p, int64_t ps, const T *c, int64_t cs,                          \
-                  uint64_t seed, uint64_t seed2, int nthreads) {                               \
+                   const int32_t *thr, int64_t ps, const T *c, int64_t cs,                     \
+                   uint64_t seed, uint64_t seed2, int nthreads) {                              \
+    /* the top 16 bits of T, 2^16 (p = 1) capped to 2^16 - 1: then every tie releases */       \
     int64_t nu = ps ? U : 1;                                                                   \
-    uint8_t *hi = (uint8_t *)malloc((size_t)nu * 5);                                           \
+    uint16_t hstack[1024], *hi = nu <= 1024 ? hstack : (uint16_t *)malloc((size_t)nu * 2);      \
     if (!hi) return -1;                                                                        \
-    int32_t *lo = (int32_t *)malloc((size_t)nu * sizeof(int32_t));                            \
-    if (!lo) { free(hi); return -1; }                                                          \
-    qsd_thresholds(p, nu, hi, lo);                                                             \
+    for (int64_t j = 0; j < nu; ++j) {                                                         \
+        int32_t h = thr[j] >> 8;                                                               \
+        hi[j] = (uint16_t)(h < 65535 ? h : 65535);                                             \
+    }                                                                                          \
     int64_t nch = (n + CHUNK - 1) / CHUNK;                                                     \
+    const int store = mk != NULL;                                                              \
     _Pragma("omp parallel for num_threads(nthreads) schedule(static) if(nthreads > 1 && nch > 1)") \
     for (int64_t ch = 0; ch < nch; ++ch) {                                                     \
-        uint8_t rb[BLOCK + 8], tb[BLOCK + 32];                                                  \
+        uint16_t rb[BLOCK + 4];                                                                \
         int64_t s = ch * CHUNK, e = min64(n, s + CHUNK);                                       \
         for (int64_t b0 = s; b0 < e; b0 += BLOCK) {                                            \
-            int64_t len = min64(e, b0 + BLOCK) - b0;                                           \
-            fill_bytes(rb, seed, b0, len);                                                     \
-            memset(tb + len, 0, 32);                                                           \
+            int64_t len = min64(e, b0 + BLOCK) - b0, tie = 0;                                  \
+            if (QSD_VARIANT == 1) memset(rb, 0, 2 * (size_t)len);  /* no random bits, no ties */ \
+            else fill_top16(rb, seed, b0, len);                                                \
             for (int64_t t = 0; t < len;) {                                                    \
                 int64_t i = b0 + t, j = i % U, seg = min64(len - t, U - j);                    \
-                const uint8_t *h = hi + j * ps; const T *cc = c + j * cs;                      \
-                if (ps && cs) fwd_seg_##SUF(x + i, y + i, mk + i, rb + t, tb + t, h, cc, seg, 1, 1); \
-                else if (ps) fwd_seg_##SUF(x + i, y + i, mk + i, rb + t, tb + t, h, cc, seg, 1, 0);  \
-                else if (cs) fwd_seg_##SUF(x + i, y + i, mk + i, rb + t, tb + t, h, cc, seg, 0, 1);  \
-                else fwd_seg_##SUF(x + i, y + i, mk + i, rb + t, tb + t, h, cc, seg, 0, 0);          \
+                const uint16_t *h = hi + j * ps; const T *cc = c + j * cs;                     \
+                uint8_t *m = store ? mk + i : NULL;                                            \
+                if (store) {                                                                   \
+                    if (ps && cs) tie |= fwd_seg_##SUF(x + i, y + i, m, rb + t, h, cc, seg, 1, 1, 1); \
+                    else if (ps) tie |= fwd_seg_##SUF(x + i, y + i, m, rb + t, h, cc, seg, 1, 0, 1);  \
+                    else if (cs) tie |= fwd_seg_##SUF(x + i, y + i, m, rb + t, h, cc, seg, 0, 1, 1);  \
+                    else tie |= fwd_seg_##SUF(x + i, y + i, m, rb + t, h, cc, seg, 0, 0, 1);          \
+                } else {                                                                       \
+                    if (ps && cs) tie |= fwd_seg_##SUF(x + i, y + i, m, rb + t, h, cc, seg, 1, 1, 0); \
+                    else if (ps) tie |= fwd_seg_##SUF(x + i, y + i, m, rb + t, h, cc, seg, 1, 0, 0);  \
+                    else if (cs) tie |= fwd_seg_##SUF(x + i, y + i, m, rb + t, h, cc, seg, 0, 1, 0);  \
+                    else tie |= fwd_seg_##SUF(x + i, y + i, m, rb + t, h, cc, seg, 0, 0, 0);          \
+                }                                                                              \
                 t += seg;                                                                      \
             }                                                                                  \
-            /* second sweep over the block for ties, unit by unit again */                     \
-            for (int64_t t = 0; t < len;) {                                                    \
-                int64_t i = b0 + t, j = i % U, seg = min64(len - t, U - j);                    \
-                fix_ties_##SUF(x + i, y + i, mk + i, tb + t, lo + j * ps, c + j * cs, seg,     \
-                               ps, cs, seed2, i);                                              \
-                t += seg;                                                                      \
-            }                                                                                  \
+            if (tie && QSD_VARIANT != 2)  /* variant 2: ties left as they are */               \
+                fix_ties_##SUF(x + b0, y + b0, store ? mk + b0 : NULL, rb, hi, thr, c, len, U, \
+                               b0 % U, ps, cs, seed2, b0);                                     \
         }                                                                                      \
     }                                                                                          \
-    free(hi);                                                                                  \
-    free(lo);                                                                                  \
+    if (hi != hstack) free(hi);                                                                \
     return 0;                                                                                  \
 }                                                                                              \
                                                                                                \

@@ -77,15 +77,16 @@ def check_site_dims(module, dims_names: Sequence[str], where: str, option: str =
         )
 
 
-def draw_and_release(x: Tensor, rate: float, gamma, mode: str, unit_shape, mask_shape):
+def draw_and_release(x: Tensor, rate: float, gamma, mode: str, unit_shape, mask_shape, need_mask: bool = True):
     """Draw the per-unit quanta and release them: ``(y, draw, mask)``.
 
-    The fast path (:mod:`.fast`: same distribution, output and gradient, 1 byte per element
-    kept for backward) unless disabled (``QSD_FAST=0``) or under ``torch.compile``, where the
-    reference path (docs/method.md, eqs. 1-4) is traced instead.
+    The fast path (:mod:`.fast`: same distribution, output and gradient; nothing per element
+    kept for backward, the mask is drawn again from its seeds) unless disabled (``QSD_FAST=0``)
+    or under ``torch.compile``, where the reference path (docs/method.md, eqs. 1-4) is traced
+    instead. ``need_mask=False``: the fast path does not write the mask (``mask`` is None).
     """
     if fast.ENABLED and not torch.compiler.is_compiling():
-        return fast.quantal_release(x, rate, gamma, mode, unit_shape, mask_shape)
+        return fast.quantal_release(x, rate, gamma, mode, unit_shape, mask_shape, need_mask=need_mask)
     draw = draw_quanta(unit_shape, rate, gamma, mode, device=x.device)
     y, mask = release(x, draw, mask_shape)
     return y, draw, mask
@@ -125,7 +126,8 @@ class _MaskedRegulariser(Regulariser):
             return x
         unit_shape, mask_shape = unit_and_mask_shapes(x.shape, self.unit_dims, self.locked_dims)
         gamma = self.current_gamma()
-        y, draw, mask = draw_and_release(x, self.rate, gamma, self._mode(), unit_shape, mask_shape)
+        y, draw, mask = draw_and_release(x, self.rate, gamma, self._mode(), unit_shape, mask_shape,
+                                         need_mask=self.collect_statistics)
         self._record(draw, mask, gamma)
         self._after_step()
         return y

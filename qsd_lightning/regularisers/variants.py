@@ -97,7 +97,8 @@ class _ShapeLockedDropout(Dropout):
         if not self.training or self.rate == 0.0:
             return x
         unit_shape, mask_shape = unit_and_mask_shapes(x.shape, None, locked)
-        y, draw, mask = draw_and_release(x, self.rate, None, "release", unit_shape, mask_shape)
+        y, draw, mask = draw_and_release(x, self.rate, None, "release", unit_shape, mask_shape,
+                                         need_mask=self.collect_statistics)
         self._record(draw, mask, None)
         return y
 
