@@ -11,8 +11,11 @@ both alike, each in a new output folder, and prints per method:
   included) divided by the number of runs;
 - in-run seconds: the mean over runs of ``result.json``'s ``seconds`` (the run's own work: CLI
   parsing, data, fit, test);
-- start-up overhead per run: wall time per run minus in-run seconds (interpreter start,
-  imports, process start, the runner's bookkeeping and report, shared out over the runs).
+- run overhead: the mean over runs of the time from the runner starting the run's process to its
+  exit (the runner prints it, "done in N s") minus the run's in-run seconds: interpreter start
+  and imports for a fresh process, the fork for a forked one;
+- fixed cost per grid: the rest of the runner's wall time (its own start-up, the forkserver's
+  one-time imports, the report and plots), the same for any number of runs.
 
 Every run's ``metrics.csv`` is compared between the methods too (they must be byte-identical).
 
@@ -27,6 +30,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -46,14 +50,18 @@ def run_grid(out: Path, method: str, args: argparse.Namespace) -> dict:
     ]
     env = dict(os.environ, WANDB_MODE="disabled")
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
-        raise SystemExit(f"the {method} grid failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+        raise SystemExit(f"the {method} grid failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}")
+    launched = [float(x) for x in re.findall(r"seed \d+: done in ([\d.]+) s", proc.stdout)]
     results = sorted(out.glob("runs/*/seed*/result.json"))
     seconds = [json.loads(p.read_text())["seconds"] for p in results]
     csvs = {str(p.parent.relative_to(out)): (p.parent / "csv" / "version_0" / "metrics.csv").read_bytes() for p in results}
-    return {"wall": wall, "runs": len(results), "in_run": statistics.mean(seconds), "csvs": csvs}
+    if len(launched) != len(results):
+        raise SystemExit(f"the {method} grid reported {len(launched)} run times for {len(results)} runs")
+    return {"wall": wall, "runs": len(results), "in_run": statistics.mean(seconds), "launched": statistics.mean(launched),
+            "csvs": csvs}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,16 +87,18 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"round {round_ + 1} {method:10s}: {result['wall']:7.1f} s for {result['runs']} runs", flush=True)
     identical = all(r["csvs"] == measured["fresh"][0]["csvs"] for m in METHODS for r in measured[m])
     print()
-    print("| start method | wall s / run | in-run s | start-up overhead s / run | grid wall s |")
-    print("|---|---|---|---|---|")
+    print("| start method | grid wall s | wall s / run | run: launch to exit s | in-run s | run overhead s | fixed s / grid |")
+    print("|---|---|---|---|---|---|---|")
     rows = {}
     for method in METHODS:
         runs = measured[method]
+        wall = statistics.median(r["wall"] for r in runs)
         per_run = statistics.median(r["wall"] / r["runs"] for r in runs)
+        launched = statistics.median(r["launched"] for r in runs)
         in_run = statistics.median(r["in_run"] for r in runs)
+        fixed = statistics.median(r["wall"] - r["runs"] * r["launched"] / args.jobs for r in runs)
         rows[method] = per_run
-        print(f"| {method} | {per_run:.2f} | {in_run:.2f} | {per_run - in_run:.2f} | "
-              f"{statistics.median(r['wall'] for r in runs):.1f} |")
+        print(f"| {method} | {wall:.1f} | {per_run:.2f} | {launched:.2f} | {in_run:.2f} | {launched - in_run:.2f} | {fixed:.1f} |")
     print(f"\nforkserver grid speed-up: {rows['fresh'] / rows['forkserver']:.2f}x; metrics.csv of every run "
           f"byte-identical across methods and rounds: {identical}")
     return 0 if identical else 1

@@ -187,7 +187,7 @@ def execute(grid: GridArgs, run: Run, slots: GpuSlots | None = None, jobs: int |
     if rc == 0 and run.result_file.is_file():
         state = inspect_run(run, check_lock=False)
         if state.status == "ok":
-            return run, True, f"done in {time.time() - start:.0f} s"
+            return run, True, f"done in {time.time() - start:.1f} s"
         return run, False, f"finished, but {state.problem}; log {log}"
     return run, False, f"exit status {rc}; log {log}:\n{_tail(log)}"
 
