@@ -7,6 +7,8 @@ or from ``tests/conftest.py`` (fixtures), never from one another (``tests/test_l
 
 from __future__ import annotations
 
+import torch
+
 import os
 import signal
 import subprocess
@@ -107,3 +109,19 @@ class KillAtStep(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def saved_bytes(fn, x):
+    """(fn(x), {storage: (bytes, dtype, numel)}) of what autograd keeps, x's own storage excluded."""
+    storages = {}
+    own = x.untyped_storage().data_ptr()
+
+    def pack(t):
+        s = t.untyped_storage()
+        if s.data_ptr() != own:
+            storages[s.data_ptr()] = (s.nbytes(), t.dtype, t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = fn(x)
+    return y, storages

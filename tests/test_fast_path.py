@@ -24,6 +24,7 @@ import torch
 
 from qsd_lightning.regularisers import QSD, Dropout, _ckernel, _eager, _env, _stream, backend as backends, build, fast
 from qsd_lightning.regularisers.functional import QuantalDraw, draw_quanta, release, unit_and_mask_shapes
+from tests.helpers import saved_bytes
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -270,22 +271,6 @@ def test_seeded_runs_repeat_and_thread_count_does_not_matter(backend, shape):
 
 
 # --------------------------------------------------------------------------- memory for backward
-def saved_bytes(fn, x):
-    """Bytes of the distinct storages autograd keeps for backward of fn(x), except x's own."""
-    storages = {}
-    own = x.untyped_storage().data_ptr()
-
-    def pack(t):
-        s = t.untyped_storage()
-        if s.data_ptr() != own:
-            storages[s.data_ptr()] = (s.nbytes(), t.dtype, t.numel())
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        y = fn(x)
-    return y, storages
-
-
 def test_reference_path_keeps_a_float_per_element():
     """What the fast path saves us: the reference keeps the float multiplier."""
     x = torch.randn(64, 512, requires_grad=True)

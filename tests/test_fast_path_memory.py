@@ -19,6 +19,7 @@ from torch.utils.checkpoint import checkpoint
 
 from qsd_lightning.regularisers import QSD, _ckernel, build, fast
 from qsd_lightning.regularisers.functional import draw_quanta, unit_and_mask_shapes
+from tests.helpers import saved_bytes
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -45,22 +46,6 @@ def assert_same_bits(a: torch.Tensor, b: torch.Tensor) -> None:
 def reference_multiply(x, mask, c):
     """What functional.release computes from its mask: x * (mask * c).to(x.dtype)."""
     return x * (mask * c).to(x.dtype)
-
-
-def saved_bytes(fn, x):
-    """(fn(x), {storage: (bytes, dtype, numel)}) of what autograd keeps, x's own storage excluded."""
-    storages = {}
-    own = x.untyped_storage().data_ptr()
-
-    def pack(t):
-        s = t.untyped_storage()
-        if s.data_ptr() != own:
-            storages[s.data_ptr()] = (s.nbytes(), t.dtype, t.numel())
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        y = fn(x)
-    return y, storages
 
 
 @pytest.fixture(params=["ckernel", "eager"])
