@@ -102,21 +102,26 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def saved_bytes(fn: Callable[[Tensor], Tensor], x: Tensor) -> int:
-    """Bytes autograd keeps for backward of ``fn(x)``: distinct storages, x's own excluded."""
-    own = x.untyped_storage().data_ptr()
+def _kept_bytes(run: Callable[[], object], excluded: set[int]) -> int:
+    """Bytes of the distinct storages autograd keeps for backward while ``run()`` computes,
+    those whose data pointer is in ``excluded`` left out."""
     storages: dict[int, int] = {}
 
     def pack(t: Tensor) -> Tensor:
         s = t.untyped_storage()
-        if s.data_ptr() != own:
+        if s.data_ptr() not in excluded:
             storages[s.data_ptr()] = s.nbytes()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        y = fn(x)
-    del y
+        out = run()
+    del out
     return sum(storages.values())
+
+
+def saved_bytes(fn: Callable[[Tensor], Tensor], x: Tensor) -> int:
+    """Bytes autograd keeps for backward of ``fn(x)``: distinct storages, x's own excluded."""
+    return _kept_bytes(lambda: fn(x), {x.untyped_storage().data_ptr()})
 
 
 @contextlib.contextmanager
@@ -342,19 +347,7 @@ def _memory_case(model: str, reg: str, batch_scale: float, device: torch.device)
 
 
 def _saved_for_backward(net: nn.Module, loss, b) -> int:
-    params = {p.untyped_storage().data_ptr() for p in net.parameters()}
-    storages: dict[int, int] = {}
-
-    def pack(t: Tensor) -> Tensor:
-        st = t.untyped_storage()
-        if st.data_ptr() not in params:
-            storages[st.data_ptr()] = st.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = loss(b)
-    del out
-    return sum(storages.values())
+    return _kept_bytes(lambda: loss(b), {p.untyped_storage().data_ptr() for p in net.parameters()})
 
 
 def _status_bytes(field: str) -> int:

@@ -125,3 +125,16 @@ def saved_bytes(fn, x):
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         y = fn(x)
     return y, storages
+
+
+#: fast-path unit layouts the kernels are tested on (tests/test_fast_path*.py)
+LAYOUTS = [  # (x shape, unit_dims, locked_dims)
+    ((32, 100), None, ()),
+    ((8, 6, 5, 5), None, ()),
+    ((8, 6, 5, 5), None, (2, 3)),
+    ((8, 6, 5, 5), (1,), ()),
+    ((7, 9, 12), (-1,), (1,)),
+    ((7, 9, 12), (-1,), ()),
+    ((3, 1), None, ()),
+    ((13,), None, ()),
+]

@@ -24,7 +24,7 @@ import torch
 
 from qsd_lightning.regularisers import QSD, Dropout, _ckernel, _eager, _env, _stream, backend as backends, build, fast
 from qsd_lightning.regularisers.functional import QuantalDraw, draw_quanta, release, unit_and_mask_shapes
-from tests.helpers import saved_bytes
+from tests.helpers import LAYOUTS, saved_bytes
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -166,16 +166,6 @@ def test_no_quantisation_bias(keep, backend):
 
 
 # --------------------------------------------------------------------------- bit for bit
-LAYOUTS = [  # (x shape, unit_dims, locked_dims)
-    ((32, 100), None, ()),
-    ((8, 6, 5, 5), None, ()),
-    ((8, 6, 5, 5), None, (2, 3)),
-    ((8, 6, 5, 5), (1,), ()),
-    ((7, 9, 12), (-1,), (1,)),
-    ((7, 9, 12), (-1,), ()),
-    ((3, 1), None, ()),
-    ((13,), None, ()),
-]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

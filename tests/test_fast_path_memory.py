@@ -19,20 +19,10 @@ from torch.utils.checkpoint import checkpoint
 
 from qsd_lightning.regularisers import QSD, _ckernel, build, fast
 from qsd_lightning.regularisers.functional import draw_quanta, unit_and_mask_shapes
-from tests.helpers import saved_bytes
+from tests.helpers import LAYOUTS, saved_bytes
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-LAYOUTS = [  # (x shape, unit_dims, locked_dims), as tests/test_fast_path.py
-    ((32, 100), None, ()),
-    ((8, 6, 5, 5), None, ()),
-    ((8, 6, 5, 5), None, (2, 3)),
-    ((8, 6, 5, 5), (1,), ()),
-    ((7, 9, 12), (-1,), (1,)),
-    ((7, 9, 12), (-1,), ()),
-    ((3, 1), None, ()),
-    ((13,), None, ()),
-]
 # the activation shapes of scripts/benchmark.py (SHAPES)
 BENCHMARK_SHAPES = [(256, 1024), (512, 4096), (64, 64, 32, 32), (35, 20, 650)]
 
