@@ -25,6 +25,7 @@ __all__ = [
     "write_image_folder",
     "write_ptb",
     "write_tiny_mnist",
+    "write_stsa",
     "write_tsv",
 ]
 
@@ -156,6 +157,25 @@ def write_tsv(root: Path, n_train: int = 60, dev: bool = True, test: str | None 
         (root / "test.tsv").write_text("index\tsentence\n" + "".join(f"{i}\t{s}\n" for i, (s, _) in enumerate(rows(10))), encoding="utf-8")
     elif test == "labelled":
         (root / "test.tsv").write_text("sentence\tlabel\n" + "".join(f"{s}\t{y}\n" for s, y in rows(14)), encoding="utf-8")
+    return root
+
+
+def write_stsa(root: Path, n_train: int = 60, dev: bool = True, test: bool = True, seed: int = 0, stem: str = "stsa.binary") -> Path:
+    """Kim (2014)-style ``stsa.binary.{train,dev,test}``: one ``<label> <sentence>`` a line,
+    lower-case, tokenised, with the PTB escapes the real files carry (``-lrb-``, ``\\/``)."""
+    rng = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
+
+    escapes = " -lrb- 9\\/10 -rrb- "
+
+    def lines(n):
+        return "".join(f"{i % 2} {review(rng, i % 2).lower().replace('<br /><br />', escapes)}\n" for i in range(n))
+
+    (root / f"{stem}.train").write_text(lines(n_train), encoding="utf-8")
+    if dev:
+        (root / f"{stem}.dev").write_text(lines(16), encoding="utf-8")
+    if test:
+        (root / f"{stem}.test").write_text(lines(14), encoding="utf-8")
     return root
 
 

