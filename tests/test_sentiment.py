@@ -291,6 +291,37 @@ def test_corrupt_stsa_names_file_and_line(tmp_path, line, problem):
         SentimentDataModule(str(tmp_path / "none"), format="stsa").prepare_data()
 
 
+def test_stsa_errors_point_at_the_right_line_and_fix(tmp_path):
+    data = write_stsa(tmp_path / "cr", dev=False, test=False)
+    train = data / "stsa.binary.train"
+    for raw, line in ((b"1 a\r0 b\r1 caf\xe9\r", 3), (b"1 a\r0 b\r1 c\x00d\r", 3), (b"1 a\r\n0 b\n\n1 caf\xe9\n", 4)):
+        train.write_bytes(raw)  # lone CR (old Mac), CRLF, blank lines: the line a user's editor shows
+        with pytest.raises(CorruptDataError, match=rf"stsa\.binary\.train:{line} "):
+            SentimentDataModule(str(data)).prepare_data()
+    train.write_text("x" * 100_000 + "\n", encoding="utf-8")  # no space: the whole line would be the "label"
+    with pytest.raises(CorruptDataError) as err:
+        SentimentDataModule(str(data)).prepare_data()
+    assert len(str(err.value)) < 400 and "'" + "x" * 40 + "...'" in str(err.value)
+    # Kim's files have 2 classes (binary) or 5 (fine): other counts are refused, the other stem is pointed at
+    with pytest.raises(DataNotFoundError, match="num_classes is 3: set --data.num_classes and --model.num_classes to 2 or 5"):
+        SentimentDataModule(str(write_stsa(tmp_path / "three")), num_classes=3).prepare_data()
+    fine = write_stsa(tmp_path / "fine_only", stem="stsa.fine")
+    with pytest.raises(DataNotFoundError, match="stsa.fine.train is there: for it set --data.num_classes 5"):
+        SentimentDataModule(str(fine), format="stsa").prepare_data()
+
+
+def test_text_vocabulary_follows_file_contents_not_only_size(tmp_path):
+    data = write_stsa(tmp_path / "edit", dev=True, test=True)
+    dm = SentimentDataModule(str(data), min_freq=1)
+    dm.prepare_data()
+    first = dm.vocab_path
+    train = data / "stsa.binary.train"
+    train.write_text(train.read_text(encoding="utf-8").replace("film", "zzzz"), encoding="utf-8")  # same size
+    dm = SentimentDataModule(str(data), min_freq=1)
+    dm.prepare_data()
+    assert dm.vocab_path != first and "zzzz" in Vocabulary.load(dm.vocab_path).index
+
+
 def test_sst2_sentences_through_the_cli(run_cli, tmp_path):
     data = write_stsa(tmp_path / "sst2")
     cli = run_cli("fit", "--config", str(CONFIGS / "rnn_sst2.yaml"), "--trainer.fast_dev_run=true", f"--data.data_dir={data}",

