@@ -518,7 +518,8 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-_LINE_BREAK_BYTES = re.compile(rb"\r\n|\r|\n")
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")  # not str.splitlines: U+2028, U+0085, form feeds stay in a sentence
+_LINE_BREAK_BYTES = re.compile(_LINE_BREAK.pattern.encode())
 
 
 def _line_of(raw: bytes, offset: int) -> int:
@@ -611,7 +612,6 @@ def _check_label(value: str, num_classes: int, where: str) -> int:
     return int(value)
 
 
-_LINE_BREAK = re.compile(r"\r\n|\r|\n")  # not str.splitlines: U+2028, U+0085, form feeds stay in a sentence
 _LABEL_LINE = re.compile(r"[ \t]*(\S+)(?:[ \t]+(.*))?")
 
 
